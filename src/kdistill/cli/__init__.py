@@ -1,0 +1,1 @@
+"""`kdistill <verb>`: a thin command line over the pipeline."""

@@ -1,0 +1,127 @@
+"""Command line: ``kdistill distill|train-teacher|demo|--version``.
+
+``main(argv) -> int`` never raises for user mistakes: it prints one line to stderr and
+returns 2. Set ``KDISTILL_DEBUG=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from kdistill import __version__
+
+app = typer.Typer(
+    name="kdistill",
+    help="Knowledge distillation: train a small student to reproduce a large teacher.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML run config (see src/kdistill/configs/)")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="dotted overrides, e.g. training.max_steps=50")
+]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="delete the run folder and start over")]
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"kdistill {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print version")
+    ] = False,
+):
+    """kdistill command line."""
+
+
+@app.command()
+def distill(config: ConfigArg, overrides: OverridesArg = None, fresh: FreshOpt = False,
+            resume: Annotated[bool, typer.Option(help="continue from the latest complete "
+                                                 "checkpoint in the run folder")] = True):
+    """Distil a teacher into a student as CONFIG says (resumes automatically)."""
+    from kdistill.config.loader import load_config
+
+    cfg = load_config(config, overrides or [])
+    if cfg.task == "classifier":
+        from kdistill.pipeline.classifier import run_distill_classifier
+
+        out = run_distill_classifier(cfg, fresh=fresh)
+    else:
+        from kdistill.pipeline.distill_lm import run_distill_lm
+
+        out = run_distill_lm(cfg, fresh=fresh, resume=resume)
+    typer.echo(f"student saved in {out / 'model'}")
+
+
+@app.command("train-teacher")
+def train_teacher(config: ConfigArg, overrides: OverridesArg = None, fresh: FreshOpt = False):
+    """Stage 1: train or fine-tune the teacher with hard labels."""
+    from kdistill.config.loader import load_config
+    from kdistill.pipeline.train_teacher import run_train_teacher
+
+    cfg = load_config(config, overrides or [])
+    out = run_train_teacher(cfg, fresh=fresh)
+    typer.echo(f"teacher saved in {out / 'model'}")
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option(help="where runs and results.json go")] = Path(
+        "runs/demo"
+    ),
+    max_steps: Annotated[int | None, typer.Option(min=1, help="training steps per model")] = None,
+    fresh: FreshOpt = False,
+    overrides: OverridesArg = None,
+):
+    """Distil the bundled SmolLM2-135M into an 11-layer student on KJV, train the no-teacher
+    baseline, evaluate all three and write results.json."""
+    from kdistill.pipeline.demo import run_demo
+
+    run_demo(str(output_dir), max_steps, fresh=fresh, overrides=overrides or [])
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from kdistill.config.loader import ConfigError
+    from kdistill.models.bundled import ModelNotFoundError
+    from kdistill.training.step import NonFiniteError
+
+    return (ConfigError, ModelNotFoundError, NonFiniteError, FileNotFoundError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 2 user error)."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = command.main(args=args, prog_name="kdistill", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("kdistill: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        print(f"kdistill: error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except _user_errors() as exc:
+        if os.environ.get("KDISTILL_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"kdistill: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Builders: config objects -> plain keyword arguments for library functions.
+
+Config objects never travel below ``config/``; everything below takes plain values.
+"""
+
+from __future__ import annotations
+
+from kdistill.config.schema import RunConfig, ScheduleSpec
+
+
+def _scalar(v):
+    return v.model_dump() if isinstance(v, ScheduleSpec) else float(v)
+
+
+def schedule_kwargs(cfg: RunConfig) -> dict:
+    d = cfg.distill
+    return {
+        "kd_temperature": _scalar(d.kd_temperature),
+        "soft_weight": _scalar(d.soft_weight),
+        "hard_weight": 1.0 if d.baseline else _scalar(d.hard_weight),
+        "beta": _scalar(d.beta),
+    }
+
+
+def objective_kwargs(cfg: RunConfig) -> dict:
+    d = cfg.distill
+    return {"divergence": d.divergence, "skew_alpha": d.skew_alpha, "scale_by_t2": d.scale_by_t2}
+
+
+def student_kwargs(cfg: RunConfig) -> dict | None:
+    ft = cfg.student.from_teacher
+    return None if ft is None else ft.model_dump()
+
+
+def data_kwargs(cfg: RunConfig) -> dict:
+    d = cfg.data
+    return {
+        "block_size": d.block_size,
+        "held_out_fraction": d.held_out_fraction,
+        "text_field": d.text_field,
+        "max_train_tokens": d.max_train_tokens,
+        "max_eval_tokens": d.max_eval_tokens,
+        "seed": cfg.seed,
+    }
+
+
+def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
+    t = cfg.training
+    kwargs = {
+        "output_dir": output_dir,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "logging_steps": t.logging_steps,
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "save_strategy": "steps",
+        "bf16": t.bf16,
+        "report_to": t.report_to or "none",
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+        "use_cpu": False,
+    }
+    kwargs.update(t.extra)
+    return kwargs

@@ -1,0 +1,115 @@
+"""YAML -> validated :class:`RunConfig`, with dotted ``key.sub=value`` overrides.
+
+Every user mistake becomes a :class:`ConfigError` with one line naming the key path and,
+for unknown keys, the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kdistill.config.schema import RunConfig
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part; use key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("ScheduleSpec",)))
+    loc = tuple(p for p in loc if not str(p).startswith(("float", "function-")))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        hint = ""
+        if model is not None:
+            near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else (
+                f"; valid keys: {', '.join(model.model_fields)}"
+            )
+        return f"{source}: unknown key {key!r}{hint}"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {key}: {err['msg']}{shown}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (or start from defaults when ``path`` is None), apply overrides, validate."""
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = p.name
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; pass the path of a YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}: invalid YAML{where}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        data = loaded
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,141 @@
+"""The run configuration, documented field by field (CLI help and docs come from here).
+
+Unknown keys are rejected (``extra="forbid"``); the loader turns pydantic errors into one line
+naming the key's path and the nearest valid name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ScheduleSpec(Strict):
+    """A scalar that changes with training progress (see kdistill.schedules)."""
+
+    kind: Literal["constant", "linear", "cosine", "step"] = Field(
+        "constant", description="constant | linear | cosine | step"
+    )
+    start: float = Field(description="value after warm-up (first value of the main schedule)")
+    end: float | None = Field(None, description="final value (linear, cosine)")
+    warmup_steps: int = Field(0, ge=0, description="linear ramp from warmup_start over N steps")
+    warmup_start: float = Field(0.0, description="value at step 0 when warmup_steps > 0")
+    milestones: list[float] = Field(default_factory=list, description="step: fractions in (0,1)")
+    values: list[float] = Field(default_factory=list, description="step: value after each milestone")
+
+
+Scalar = float | ScheduleSpec
+
+
+class StudentFromTeacher(Strict):
+    """Build the student from the teacher's own layers (DistilBERT-style)."""
+
+    keep_layers: list[int] | None = Field(None, description="teacher layer indices to keep")
+    every: int | None = Field(None, ge=1, description="keep every k-th layer (and the last)")
+    hidden_size: int | None = Field(None, ge=8, description="narrower width: random init")
+    intermediate_size: int | None = Field(None, ge=8, description="narrower MLP: random init")
+
+    @model_validator(mode="after")
+    def _one_choice(self):
+        if (self.keep_layers is None) == (self.every is None):
+            raise ValueError("give exactly one of keep_layers or every")
+        return self
+
+
+class ModelSpec(Strict):
+    model: str | None = Field(
+        None,
+        description="bundled name (smollm2-135m), a .gguf file, or a local HF folder; "
+        "for classifiers an architecture (cnn, mlp) or a trained run's model folder",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    from_teacher: StudentFromTeacher | None = Field(
+        None, description="student only: derive from the teacher's layers"
+    )
+    hidden: list[int] = Field(
+        default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
+    )
+    channels: list[int] = Field(
+        default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
+    )
+
+
+class DataSpec(Strict):
+    source: str = Field("kjv", description="kjv | fashion-mnist | path to .txt/.jsonl/.parquet")
+    text_field: str = Field("text", description="text column of a JSONL/Parquet source")
+    block_size: int = Field(256, ge=8, description="tokens per packed block / max chat length")
+    held_out_fraction: float = Field(0.05, gt=0, lt=1, description="share of records held out")
+    max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")
+    max_eval_tokens: int | None = Field(16384, ge=1, description="cap on held-out tokens")
+    max_train_examples: int | None = Field(None, ge=1, description="classifier: cap on examples")
+
+
+class DistillSpec(Strict):
+    kd_temperature: Scalar = Field(2.0, description="softmax temperature T of the soft term")
+    soft_weight: Scalar = Field(0.7, description="weight of T^2 * D(teacher_T || student_T)")
+    hard_weight: Scalar = Field(0.3, description="weight of the cross-entropy on labels")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"] = (
+        Field("forward_kl", description="the divergence D")
+    )
+    beta: Scalar = Field(0.5, description="generalized JSD mixture weight in [0, 1]")
+    skew_alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixture weight")
+    scale_by_t2: bool = Field(True, description="multiply the soft term by T^2 (Hinton 2015)")
+    baseline: bool = Field(
+        False, description="train without the teacher (hard labels only): the same-size baseline"
+    )
+
+    @model_validator(mode="after")
+    def _check_knobs(self):
+        from kdistill.schedules import as_schedule
+
+        limits = {
+            "kd_temperature": (lambda v: v > 0, "must stay > 0"),
+            "soft_weight": (lambda v: v >= 0, "must stay >= 0"),
+            "hard_weight": (lambda v: v >= 0, "must stay >= 0"),
+            "beta": (lambda v: 0 <= v <= 1, "must stay in [0, 1]"),
+        }
+        for name, (ok, why) in limits.items():
+            spec = getattr(self, name)
+            sched = as_schedule(spec.model_dump() if isinstance(spec, ScheduleSpec) else spec)
+            points = [sched.start, *([sched.end] if sched.end is not None else []), *sched.values]
+            if sched.warmup_steps:
+                points.append(sched.warmup_start)
+            if not all(ok(v) for v in points):
+                raise ValueError(f"{name} {why}, got {points}")
+        return self
+
+
+class TrainingSpec(Strict):
+    max_steps: int = Field(200, ge=1, description="optimizer steps")
+    per_device_batch_size: int = Field(8, ge=1, description="sequences per device per micro-batch")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per step")
+    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    warmup_steps: int = Field(10, ge=0, description="learning-rate warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    logging_steps: int = Field(10, ge=1, description="log every N steps")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1, description="complete checkpoints kept")
+    bf16: bool = Field(False, description="bf16 autocast (GPU/CPU with bf16 support)")
+    report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    extra: dict = Field(default_factory=dict, description="passed to TrainingArguments as is")
+
+
+class RunConfig(Strict):
+    """One distillation (or teacher-training) run."""
+
+    task: Literal["lm", "classifier"] = Field("lm", description="lm | classifier")
+    output_dir: str = Field("runs/distill", description="run folder (checkpoints, model, logs)")
+    seed: int = Field(0, description="seed for init, data order and splits")
+    teacher: ModelSpec = Field(default_factory=lambda: ModelSpec(model="smollm2-135m"))
+    student: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)

@@ -1,0 +1,1 @@
+"""Data: tokenise, pack, label; bundled sets (KJV, Fashion-MNIST); chat records."""

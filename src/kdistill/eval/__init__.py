@@ -1,0 +1,1 @@
+"""Evaluation: pure metrics, runners that write results JSON."""

@@ -1,0 +1,94 @@
+"""Evaluate several causal LMs on the same held-out blocks; teacher logits computed once."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import track
+
+from kdistill.eval import metrics
+
+
+def _dir_size(path: Path | None) -> int | None:
+    if path is None or not path.exists():
+        return None
+    return sum(f.stat().st_size for f in path.rglob("*.safetensors"))
+
+
+@torch.no_grad()
+def _latency(model, input_ids: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
+    model(input_ids=input_ids)  # warm-up, excluded
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(input_ids=input_ids)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return statistics.median(times), p95
+
+
+@torch.no_grad()
+def evaluate_lms(
+    models: dict[str, torch.nn.Module],
+    teacher_name: str,
+    dataset,
+    collate,
+    *,
+    vocab_size: int,
+    batch_size: int = 4,
+    model_dirs: dict[str, Path | None] | None = None,
+) -> dict[str, dict]:
+    """Held-out metrics per model: perplexity, KL(teacher||model), top-1 agreement, speed.
+
+    Returns ``{name: {perplexity, nll, kl_to_teacher, top1_agreement, params, ...}}``.
+    """
+    from kdistill.models.loading import count_params
+
+    for m in models.values():
+        m.eval()
+    acc = {n: {"nll": 0.0, "count": 0, "kl": 0.0, "agree": 0, "seconds": 0.0} for n in models}
+    batches = [collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+               for i in range(0, len(dataset), batch_size)]
+    for bi, batch in enumerate(track(batches, description="evaluating")):
+        labels = batch["shift_labels"]
+        valid = labels != -100
+        flat_valid = valid.reshape(-1)
+        flat_labels = labels.reshape(-1)
+        logits_by = {}
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            if bi > 0:  # first batch is warm-up
+                acc[name]["seconds"] += time.perf_counter() - t0
+            logits_by[name] = out.logits[..., :vocab_size].reshape(-1, vocab_size)
+        t_logits = logits_by[teacher_name]
+        for name, lg in logits_by.items():
+            nll, cnt = metrics.nll_sum(lg, flat_labels)
+            acc[name]["nll"] += nll
+            acc[name]["count"] += cnt
+            acc[name]["kl"] += metrics.kl_sum(t_logits, lg, flat_valid)
+            acc[name]["agree"] += metrics.agreement_count(t_logits, lg, flat_valid)
+    timed_tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:]) if len(batches) > 1 else 0
+    probe = batches[0]["input_ids"][:1]
+    results = {}
+    for name, model in models.items():
+        a = acc[name]
+        p50, p95 = _latency(model, probe)
+        results[name] = {
+            "perplexity": metrics.perplexity(a["nll"], a["count"]),
+            "nll": a["nll"] / max(a["count"], 1),
+            "kl_to_teacher": a["kl"] / max(a["count"], 1),
+            "top1_agreement": a["agree"] / max(a["count"], 1),
+            "eval_tokens": a["count"],
+            "params": count_params(model),
+            "size_bytes": _dir_size((model_dirs or {}).get(name)),
+            "forward_tokens_per_s": timed_tokens / a["seconds"] if a["seconds"] else None,
+            "latency_p50_s": p50,
+            "latency_p95_s": p95,
+            "latency_input_tokens": int(probe.shape[1]),
+        }
+    return results

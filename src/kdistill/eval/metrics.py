@@ -1,0 +1,62 @@
+"""Evaluation metrics as sums and counts (PURE: torch, math, stdlib only).
+
+Every function takes aligned logits ``(N, V)`` and targets/mask ``(N,)`` and returns sums so
+that batches can be added up and divided once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100):
+    """(sum of -log p(target), number of valid targets) at T = 1."""
+    valid = targets != ignore_index
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    picked = lp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return float(-(picked * valid).sum()), int(valid.sum())
+
+
+def kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor, valid: torch.Tensor) -> float:
+    """Sum over valid positions of KL(teacher || student) at T = 1."""
+    t = torch.log_softmax(teacher_logits.float(), dim=-1)
+    s = torch.log_softmax(student_logits.float(), dim=-1)
+    per = (t.exp() * (t - s)).sum(-1)
+    return float((per * valid).sum())
+
+
+def agreement_count(teacher_logits, student_logits, valid: torch.Tensor) -> int:
+    """Number of valid positions where the student's top-1 equals the teacher's top-1."""
+    same = teacher_logits.argmax(-1) == student_logits.argmax(-1)
+    return int((same & valid).sum())
+
+
+def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15):
+    """Per-bin (count, sum confidence, sum correct) lists for expected calibration error."""
+    edges = torch.linspace(0, 1, n_bins + 1)
+    idx = torch.bucketize(confidence.float().clamp(0, 1), edges[1:-1], right=True)
+    counts = torch.bincount(idx, minlength=n_bins).tolist()
+    conf = torch.zeros(n_bins).index_add_(0, idx, confidence.float()).tolist()
+    corr = torch.zeros(n_bins).index_add_(0, idx, correct.float()).tolist()
+    return counts, conf, corr
+
+
+def expected_calibration_error(counts, conf_sums, correct_sums) -> float:
+    """ECE = sum_b (n_b / N) * |acc_b - conf_b|."""
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    return sum(abs(a - c) for n, c, a in zip(counts, conf_sums, correct_sums) if n) / total
+
+
+def perplexity(nll: float, count: int) -> float:
+    return math.exp(nll / count) if count else float("nan")
+
+
+def retention(student_value: float, teacher_value: float, *, lower_is_better: bool) -> float:
+    """Share of the teacher's quality the student keeps (1.0 = as good as the teacher)."""
+    if lower_is_better:
+        return teacher_value / student_value if student_value else float("nan")
+    return student_value / teacher_value if teacher_value else float("nan")

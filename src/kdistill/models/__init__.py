@@ -1,0 +1,1 @@
+"""Loading teachers/students (HF folders, GGUF files, bundled names) and building students."""

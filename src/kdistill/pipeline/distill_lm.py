@@ -1,0 +1,101 @@
+"""Distil (or train) a causal LM from a RunConfig: the product's main job."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from kdistill.config import builders
+from kdistill.config.schema import RunConfig
+from kdistill.pipeline.run_dir import is_done, prepare_run_dir, save_final_model
+
+
+def _threads(cfg: RunConfig) -> None:
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+
+
+def load_models(cfg: RunConfig, *, need_teacher: bool):
+    """(teacher or None, student, tokenizer, vocab_size) as the config says."""
+    from kdistill.models.loading import load_causal_lm, load_tokenizer
+    from kdistill.models.student import build_student_from_teacher
+    from kdistill.models.vocab import shared_vocab_size
+
+    teacher, tok = None, None
+    student_from = builders.student_kwargs(cfg)
+    if need_teacher or student_from is not None:
+        teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    if student_from is not None:
+        student = build_student_from_teacher(teacher, seed=cfg.seed, **student_from)
+        s_tok = tok
+    elif cfg.student.model:
+        student, s_tok = load_causal_lm(cfg.student.model, cfg.student.dtype)
+        student.train()
+    else:
+        raise ValueError("student: set student.model or student.from_teacher")
+    if tok is None:
+        tok = s_tok
+    vocab = len(tok)
+    if teacher is not None:
+        vocab = shared_vocab_size(
+            tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
+            student.get_output_embeddings().weight.shape[0],
+        )
+    if not need_teacher:
+        teacher = None
+    return teacher, student, tok, vocab
+
+
+def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) -> Path:
+    """Train the student; returns the run folder (``model/`` holds the final student)."""
+    from transformers import TrainingArguments, set_seed
+
+    from kdistill.data.lm import CausalCollator, build_lm_datasets
+    from kdistill.training.checkpoint import CompleteMarker, latest_complete_checkpoint
+    from kdistill.training.step import KDSchedules
+    from kdistill.training.trainer import KDTrainer
+
+    _threads(cfg)
+    run_dir = prepare_run_dir(cfg, fresh=fresh)
+    if is_done(run_dir) and not fresh:
+        print(f"[kdistill] {run_dir} is already complete; pass --fresh to retrain")
+        return run_dir
+    set_seed(cfg.seed)
+    teacher, student, tok, vocab = load_models(cfg, need_teacher=not cfg.distill.baseline)
+    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
+    ckpt_dir = run_dir / "checkpoints"
+    args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
+    trainer = KDTrainer(
+        model=student,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=CausalCollator(tok.pad_token_id),
+        teacher=teacher,
+        schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
+        vocab_size=vocab,
+        log_path=run_dir / "kd_log.jsonl",
+        callbacks=[CompleteMarker()],
+        **builders.objective_kwargs(cfg),
+    )
+    last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    if last is not None:
+        print(f"[kdistill] resuming from {last}")
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    elapsed = time.perf_counter() - t0
+    if trainer.is_world_process_zero():
+        save_final_model(trainer.model, tok, run_dir)
+        summary = {
+            "train_seconds": elapsed,
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "train_blocks": len(train_ds),
+            "block_size": cfg.data.block_size,
+            "baseline": cfg.distill.baseline,
+            "resumed_from": str(last) if last else None,
+        }
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return run_dir

@@ -1,0 +1,60 @@
+"""The run folder: resolved config, guard against mixing runs, atomic final model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from kdistill.config.loader import ConfigError, save_config
+from kdistill.config.schema import RunConfig
+
+FINAL = "model"
+DONE = "kdistill-done"
+
+
+def prepare_run_dir(cfg: RunConfig, *, fresh: bool = False) -> Path:
+    """Create the folder; refuse a folder that holds a run of a different config."""
+    out = Path(cfg.output_dir)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    resolved = cfg.model_dump(mode="json")
+    if saved.is_file():
+        previous = yaml.safe_load(saved.read_text())
+        # training length may be extended on resume; everything else must match
+        a = {k: v for k, v in previous.items() if k != "training"}
+        b = {k: v for k, v in resolved.items() if k != "training"}
+        if a != b:
+            raise ConfigError(
+                f"{out} holds a run with a different config; choose another output_dir or "
+                "pass --fresh to start over"
+            )
+    save_config(cfg, saved)
+    return out
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / FINAL / DONE).is_file()
+
+
+def save_final_model(model, tokenizer, run_dir: Path) -> Path:
+    """Write ``run_dir/model`` atomically: a temp folder renamed into place when complete."""
+    target = run_dir / FINAL
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / DONE).write_text("complete\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""One KD step function shared by every loop; the HF Trainer adapter; checkpoints/resume."""
