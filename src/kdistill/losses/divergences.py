@@ -28,7 +28,12 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", 
 
 
 def _sanitize(p_logp: torch.Tensor, q_logp: torch.Tensor):
-    """Replace categories where both sides are -inf by 0 so no NaN enters autograd."""
+    """Replace categories where both sides are -inf by 0 so no NaN enters autograd.
+
+    Returns ``(p, q, skip)``; ``skip`` is None on the fast path (no -inf anywhere).
+    """
+    if not (bool(torch.isneginf(p_logp).any()) or bool(torch.isneginf(q_logp).any())):
+        return p_logp, q_logp, None
     both_zero = torch.isneginf(p_logp) & torch.isneginf(q_logp)
     if not bool(both_zero.any()):
         return p_logp, q_logp, None
@@ -39,6 +44,9 @@ def _sanitize(p_logp: torch.Tensor, q_logp: torch.Tensor):
 def _kl(p_logp: torch.Tensor, q_logp: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
     """sum_c p_c (log p_c - log q_c), with 0 log 0 = 0 and `skip` categories left out."""
     p = p_logp.exp()
+    if skip is None and not bool(torch.isneginf(p_logp).any()):
+        # fast path: every log p is finite, so p * (log p - log q) is never 0 * inf
+        return (p * (p_logp - q_logp)).sum(-1)
     keep = p > 0
     if skip is not None:
         keep = keep & ~skip

@@ -70,7 +70,8 @@ def _teacher_logp(teacher, kd_temperature: float) -> torch.Tensor | SparseSignal
     if isinstance(teacher, SparseSignal):
         return teacher.at_temperature(kd_temperature)
     if isinstance(teacher, torch.Tensor):
-        return torch.log_softmax(teacher.float() / kd_temperature, dim=-1)
+        t = teacher.float()
+        return torch.log_softmax(t if kd_temperature == 1.0 else t / kd_temperature, dim=-1)
     raise ValueError(
         f"teacher must be logits (torch.Tensor), DenseSignal or SparseSignal, got {type(teacher)}"
     )
@@ -135,7 +136,8 @@ def kd_sums(
     count = valid.sum()
 
     t = _teacher_logp(teacher, kd_temperature)
-    s_logp = torch.log_softmax(s_logits / kd_temperature, dim=-1)
+    s_scaled = s_logits if kd_temperature == 1.0 else s_logits / kd_temperature
+    s_logp = torch.log_softmax(s_scaled, dim=-1)
     if isinstance(t, SparseSignal):
         per_pos = div(teacher_buckets(t), student_buckets(s_logp, t.ids))
     else:
@@ -143,7 +145,11 @@ def kd_sums(
     zero = torch.zeros((), dtype=per_pos.dtype, device=per_pos.device)
     soft_sum = torch.where(valid, per_pos, zero).sum()
 
-    if labels is not None and compute_hard:
+    if labels is not None and compute_hard and kd_temperature == 1.0:
+        # T = 1: the student log-probs are already those of the hard term
+        picked = s_logp.gather(-1, labels.clamp_min(0).long().unsqueeze(-1)).squeeze(-1)
+        hard_sum = -torch.where(valid, picked, zero).sum()
+    elif labels is not None and compute_hard:
         hard_sum = F.cross_entropy(
             s_logits.reshape(-1, s_logits.shape[-1]),
             labels.reshape(-1).long(),

@@ -1,0 +1,124 @@
+"""Shared fixtures: a tiny Llama teacher + tokenizer built offline, and small text data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_TEXT = [
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "And God said, Let there be light: and there was light.",
+    "And God saw the light, that it was good: and God divided the light from the darkness.",
+    "And God called the light Day, and the darkness he called Night.",
+    "And the evening and the morning were the first day.",
+    "And God said, Let there be a firmament in the midst of the waters.",
+    "And God made the firmament, and divided the waters which were under the firmament.",
+] * 6
+
+
+def make_tokenizer(texts: list[str], vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        pad_token="</s>",
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return fast
+
+
+def make_tiny_lm(tokenizer, *, layers: int = 4, hidden: int = 32, seed: int = 0,
+                 pad_vocab_to: int | None = None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=pad_vocab_to or len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer(TINY_TEXT)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny Llama (4 layers, width 32) with its tokenizer: a local HF folder."""
+    folder = tmp_path_factory.mktemp("tiny_teacher")
+    model = make_tiny_lm(tiny_tokenizer)
+    model.save_pretrained(folder, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(TINY_TEXT))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chat")
+    path = folder / "chat.jsonl"
+    rows = []
+    for i, text in enumerate(TINY_TEXT[:24]):
+        words = text.split()
+        cut = 2 + i % 5
+        rows.append({"messages": [
+            {"role": "user", "content": " ".join(words[:cut])},
+            {"role": "assistant", "content": " ".join(words[cut:])},
+        ]})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[str]:
+    """CLI-style overrides for a fast tiny run."""
+    base = {
+        "output_dir": str(out),
+        "teacher.model": str(teacher_dir),
+        "student.from_teacher.keep_layers": "[0, 3]",
+        "data.source": str(data),
+        "data.block_size": 16,
+        "data.held_out_fraction": 0.2,
+        "training.max_steps": 6,
+        "training.per_device_batch_size": 4,
+        "training.logging_steps": 1,
+        "training.save_steps": 3,
+        "training.warmup_steps": 0,
+        "training.learning_rate": 0.003,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
