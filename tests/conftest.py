@@ -109,7 +109,7 @@ def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[st
     base = {
         "output_dir": str(out),
         "teacher.model": str(teacher_dir),
-        "student.from_teacher.keep_layers": "[0, 3]",
+        "student.from_teacher": "{keep_layers: [0, 3]}",
         "data.source": str(data),
         "data.block_size": 16,
         "data.held_out_fraction": 0.2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,13 @@ from tests.conftest import make_tiny_lm, tiny_overrides
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    # progress bars redraw with \r: split on both so the error is its own line
+    return [x for x in re.split(r"[\r\n]", err) if x.startswith("kdistill:")]
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -141,9 +149,9 @@ def test_nonfinite_teacher_stops_with_named_cause(tiny_tokenizer, tiny_text_file
                                                   capsys):
     bad = _nan_model_dir(tiny_tokenizer, tmp_path / "bad_teacher", "down_proj")
     argv = ["distill", str(REPO / "src/kdistill/configs/demo.yaml"), *tiny_overrides(
-        bad, tiny_text_file, tmp_path / "o", **{"student.from_teacher.keep_layers": "[1, 2]"})]
+        bad, tiny_text_file, tmp_path / "o", **{"student.from_teacher": "{keep_layers: [1, 2]}"})]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _error_lines(capsys)
     assert len(err) == 1 and "teacher outputs are non-finite" in err[0]
     assert not (tmp_path / "o" / "model").exists()
 
@@ -153,10 +161,9 @@ def test_nan_loss_stops_with_named_cause(tiny_teacher_dir, tiny_tokenizer, tiny_
     bad = _nan_model_dir(tiny_tokenizer, tmp_path / "bad_student", "up_proj")
     argv = ["distill", str(REPO / "src/kdistill/configs/demo.yaml"), *tiny_overrides(
         tiny_teacher_dir, tiny_text_file, tmp_path / "o2")]
-    argv.remove("student.from_teacher.keep_layers=[0, 3]")
-    argv.append(f"student.model={bad}")
+    argv += ["student.from_teacher=null", f"student.model={bad}"]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _error_lines(capsys)
     assert len(err) == 1 and "loss became nan" in err[0]
 
 
@@ -212,6 +219,8 @@ def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_fil
     l1, l2 = _log(one), _log(two)
     assert len(l1) == len(l2) == 3
     for a, b in zip(l1, l2):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["epoch"] == b["epoch"]  # same global batch: a real 2-rank run, not two 1-rank
+        for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
     w1, w2 = _weights(one), _weights(two)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5

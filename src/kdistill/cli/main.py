@@ -118,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         if os.environ.get("KDISTILL_DEBUG"):
             raise
+        from kdistill.training.step import NonFiniteError
+
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"kdistill: error: {msg}", file=sys.stderr)
+        # a training-time error interrupts a progress bar: start on a fresh line
+        sep = "\n" if isinstance(exc, NonFiniteError) else ""
+        print(f"{sep}kdistill: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,13 @@ from __future__ import annotations
 from kdistill.config.schema import RunConfig, ScheduleSpec
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
+
+
 def _scalar(v):
     return v.model_dump() if isinstance(v, ScheduleSpec) else float(v)
 
@@ -66,8 +73,10 @@ def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
         "data_seed": cfg.seed,
         "remove_unused_columns": False,
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
         "disable_tqdm": False,
-        "use_cpu": False,
+        # Accelerate only sets up multi-process CPU runs (torchrun, gloo) with use_cpu=True
+        "use_cpu": not _has_accelerator(),
     }
     kwargs.update(t.extra)
     return kwargs

@@ -44,10 +44,18 @@ class KDMeter:
         self.tokens += n_tokens
         self.knobs = knobs
 
-    def snapshot(self) -> dict:
+    def snapshot(self, device: torch.device | str = "cpu") -> dict:
+        """Averages since the last reset; summed over all ranks when distributed."""
         elapsed = max(time.perf_counter() - self.since, 1e-9)
-        n = max(self.count, 1)
-        out = {"soft_loss": self.soft / n, "hard_loss": self.hard / n, "tokens_per_s": self.tokens / elapsed}
+        totals = [self.soft, self.hard, float(self.count), float(self.tokens)]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor(totals, dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            totals = t.tolist()
+        soft, hard, count, tokens = totals
+        n = max(count, 1.0)
+        out = {"soft_loss": soft / n, "hard_loss": hard / n, "tokens_per_s": tokens / elapsed}
         if self.knobs is not None:
             out.update(
                 kd_temperature=self.knobs.kd_temperature,
@@ -68,7 +76,8 @@ class KDLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
             return control
-        logs.update({k: round(v, 6) for k, v in self.meter.snapshot().items()})
+        snap = self.meter.snapshot(args.device)
+        logs.update({k: round(v, 6) for k, v in snap.items()})
         self.meter.reset()
         if self.log_path is not None and state.is_world_process_zero:
             with open(self.log_path, "a", encoding="utf-8") as fh:
