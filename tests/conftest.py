@@ -34,7 +34,10 @@ def make_tokenizer(texts: list[str], vocab_size: int = 300):
     )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
         pad_token="</s>",
     )
     fast.chat_template = (
@@ -44,8 +47,9 @@ def make_tokenizer(texts: list[str], vocab_size: int = 300):
     return fast
 
 
-def make_tiny_lm(tokenizer, *, layers: int = 4, hidden: int = 32, seed: int = 0,
-                 pad_vocab_to: int | None = None):
+def make_tiny_lm(
+    tokenizer, *, layers: int = 4, hidden: int = 32, seed: int = 0, pad_vocab_to: int | None = None
+):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -96,10 +100,14 @@ def tiny_chat_file(tmp_path_factory) -> Path:
     for i, text in enumerate(TINY_TEXT[:24]):
         words = text.split()
         cut = 2 + i % 5
-        rows.append({"messages": [
-            {"role": "user", "content": " ".join(words[:cut])},
-            {"role": "assistant", "content": " ".join(words[cut:])},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": " ".join(words[:cut])},
+                    {"role": "assistant", "content": " ".join(words[cut:])},
+                ]
+            }
+        )
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
 

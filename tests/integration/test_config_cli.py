@@ -75,8 +75,10 @@ def test_missing_file(capsys, tmp_path):
 
 def test_missing_model_is_one_line(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"output_dir: {tmp_path / 'out'}\nteacher:\n  model: {tmp_path / 'no-model'}\n"
-                   "student:\n  from_teacher:\n    every: 2\n")
+    cfg.write_text(
+        f"output_dir: {tmp_path / 'out'}\nteacher:\n  model: {tmp_path / 'no-model'}\n"
+        "student:\n  from_teacher:\n    every: 2\n"
+    )
     assert main(["distill", str(cfg)]) == 2
     assert "not found" in _one_error_line(capsys)
 
@@ -96,7 +98,7 @@ def test_schedule_override_parses():
 
 
 def test_bad_override_syntax():
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         load_config(None, ["training.max_steps"])
 
 

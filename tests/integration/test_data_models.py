@@ -33,8 +33,9 @@ def test_split_is_deterministic_and_disjoint():
 
 
 def test_packing_and_shift_labels(tiny_tokenizer, tiny_text_file):
-    train, held = build_lm_datasets(tiny_tokenizer, str(tiny_text_file), block_size=16,
-                                    held_out_fraction=0.2)
+    train, held = build_lm_datasets(
+        tiny_tokenizer, str(tiny_text_file), block_size=16, held_out_fraction=0.2
+    )
     assert len(train) > 0 and len(held) > 0
     batch = CausalCollator(tiny_tokenizer.pad_token_id)([train[0], train[1]])
     assert batch["input_ids"].shape == (2, 16)
@@ -43,12 +44,15 @@ def test_packing_and_shift_labels(tiny_tokenizer, tiny_text_file):
 
 
 def test_chat_prompt_is_masked(tiny_tokenizer):
-    msgs = [{"role": "user", "content": "And God said"},
-            {"role": "assistant", "content": "Let there be light"}]
+    msgs = [
+        {"role": "user", "content": "And God said"},
+        {"role": "assistant", "content": "Let there be light"},
+    ]
     ids, labels = chat_example(tiny_tokenizer, msgs, max_length=128)
     n_masked = sum(1 for x in labels if x == IGNORE_INDEX)
-    prompt = tiny_tokenizer.apply_chat_template(msgs[:1], tokenize=True,
-                                                add_generation_prompt=True, return_dict=False)
+    prompt = tiny_tokenizer.apply_chat_template(
+        msgs[:1], tokenize=True, add_generation_prompt=True, return_dict=False
+    )
     assert n_masked == len(prompt)
     answer = tiny_tokenizer.decode([t for t, y in zip(ids, labels) if y != IGNORE_INDEX])
     assert "Let there be light" in answer and "God said" not in answer

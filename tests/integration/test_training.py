@@ -42,15 +42,25 @@ def _log(run_dir: Path) -> list[dict]:
 
 def test_distill_via_cli_writes_model_config_and_logs(tiny_teacher_dir, tiny_text_file, tmp_path):
     out = tmp_path / "run"
-    argv = ["distill", str(REPO / "src/kdistill/configs/demo.yaml"),
-            *tiny_overrides(tiny_teacher_dir, tiny_text_file, out)]
+    argv = [
+        "distill",
+        str(REPO / "src/kdistill/configs/demo.yaml"),
+        *tiny_overrides(tiny_teacher_dir, tiny_text_file, out),
+    ]
     assert main(argv) == 0
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "config.yaml").is_file()
     log = _log(out)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "soft_loss", "hard_loss", "kd_temperature", "soft_weight",
-                "hard_weight", "tokens_per_s"):
+    for key in (
+        "loss",
+        "soft_loss",
+        "hard_loss",
+        "kd_temperature",
+        "soft_weight",
+        "hard_weight",
+        "tokens_per_s",
+    ):
         assert key in log[0]
     assert log[0]["soft_loss"] > 0
     # the loss is the objective: 0.7 * T^2 * soft + 0.3 * hard (T = 1 in demo.yaml)
@@ -63,8 +73,10 @@ def test_distill_via_cli_writes_model_config_and_logs(tiny_teacher_dir, tiny_tex
 
 def test_baseline_switch_trains_without_teacher(tiny_teacher_dir, tiny_text_file, tmp_path):
     out = tmp_path / "base"
-    cfg = load_config(REPO / "src/kdistill/configs/demo.yaml", tiny_overrides(
-        tiny_teacher_dir, tiny_text_file, out, **{"distill.baseline": "true"}))
+    cfg = load_config(
+        REPO / "src/kdistill/configs/demo.yaml",
+        tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"distill.baseline": "true"}),
+    )
     run_distill_lm(cfg)
     log = _log(out)
     assert all(r["soft_loss"] == 0 and r["hard_weight"] == 1.0 for r in log)
@@ -108,28 +120,63 @@ def test_resume_is_bit_identical(tiny_teacher_dir, tiny_text_file, tmp_path, mon
 
 def test_checkpoint_marker_written(tiny_teacher_dir, tiny_text_file, tmp_path):
     out = tmp_path / "r"
-    run_distill_lm(load_config(REPO / "src/kdistill/configs/demo.yaml",
-                               tiny_overrides(tiny_teacher_dir, tiny_text_file, out)))
+    run_distill_lm(
+        load_config(
+            REPO / "src/kdistill/configs/demo.yaml",
+            tiny_overrides(tiny_teacher_dir, tiny_text_file, out),
+        )
+    )
     for ck in (out / "checkpoints").glob("checkpoint-*"):
         assert (ck / MARKER).is_file()
 
 
 def _sgd_overrides(teacher, data, out, **extra):
-    return tiny_overrides(teacher, data, out, **{
-        "training.max_steps": 1, "training.extra": "{optim: sgd}", "training.lr_scheduler":
-        "constant", "training.max_grad_norm": 1.0e9, "training.learning_rate": 0.5, **extra})
+    return tiny_overrides(
+        teacher,
+        data,
+        out,
+        **{
+            "training.max_steps": 1,
+            "training.extra": "{optim: sgd}",
+            "training.lr_scheduler": "constant",
+            "training.max_grad_norm": 1.0e9,
+            "training.learning_rate": 0.5,
+            **extra,
+        },
+    )
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_teacher_dir, tiny_chat_file, tmp_path):
     """Chat records have uneven valid-token counts: GA must normalise by the global count."""
     demo = REPO / "src/kdistill/configs/demo.yaml"
     one = tmp_path / "one"
-    run_distill_lm(load_config(demo, _sgd_overrides(tiny_teacher_dir, tiny_chat_file, one, **{
-        "training.per_device_batch_size": 4, "data.block_size": 64})))
+    run_distill_lm(
+        load_config(
+            demo,
+            _sgd_overrides(
+                tiny_teacher_dir,
+                tiny_chat_file,
+                one,
+                **{"training.per_device_batch_size": 4, "data.block_size": 64},
+            ),
+        )
+    )
     acc = tmp_path / "acc"
-    run_distill_lm(load_config(demo, _sgd_overrides(tiny_teacher_dir, tiny_chat_file, acc, **{
-        "training.per_device_batch_size": 1, "training.gradient_accumulation_steps": 4,
-        "data.block_size": 64})))
+    run_distill_lm(
+        load_config(
+            demo,
+            _sgd_overrides(
+                tiny_teacher_dir,
+                tiny_chat_file,
+                acc,
+                **{
+                    "training.per_device_batch_size": 1,
+                    "training.gradient_accumulation_steps": 4,
+                    "data.block_size": 64,
+                },
+            ),
+        )
+    )
     a, b = _weights(one), _weights(acc)
     moved = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved < 1e-5
@@ -145,33 +192,42 @@ def _nan_model_dir(tokenizer, folder: Path, where: str) -> Path:
     return folder
 
 
-def test_nonfinite_teacher_stops_with_named_cause(tiny_tokenizer, tiny_text_file, tmp_path,
-                                                  capsys):
+def test_nonfinite_teacher_stops_with_named_cause(tiny_tokenizer, tiny_text_file, tmp_path, capsys):
     bad = _nan_model_dir(tiny_tokenizer, tmp_path / "bad_teacher", "down_proj")
-    argv = ["distill", str(REPO / "src/kdistill/configs/demo.yaml"), *tiny_overrides(
-        bad, tiny_text_file, tmp_path / "o", **{"student.from_teacher": "{keep_layers: [1, 2]}"})]
+    argv = [
+        "distill",
+        str(REPO / "src/kdistill/configs/demo.yaml"),
+        *tiny_overrides(
+            bad, tiny_text_file, tmp_path / "o", **{"student.from_teacher": "{keep_layers: [1, 2]}"}
+        ),
+    ]
     assert main(argv) == 2
     err = _error_lines(capsys)
     assert len(err) == 1 and "teacher outputs are non-finite" in err[0]
     assert not (tmp_path / "o" / "model").exists()
 
 
-def test_nan_loss_stops_with_named_cause(tiny_teacher_dir, tiny_tokenizer, tiny_text_file,
-                                         tmp_path, capsys):
+def test_nan_loss_stops_with_named_cause(
+    tiny_teacher_dir, tiny_tokenizer, tiny_text_file, tmp_path, capsys
+):
     bad = _nan_model_dir(tiny_tokenizer, tmp_path / "bad_student", "up_proj")
-    argv = ["distill", str(REPO / "src/kdistill/configs/demo.yaml"), *tiny_overrides(
-        tiny_teacher_dir, tiny_text_file, tmp_path / "o2")]
+    argv = [
+        "distill",
+        str(REPO / "src/kdistill/configs/demo.yaml"),
+        *tiny_overrides(tiny_teacher_dir, tiny_text_file, tmp_path / "o2"),
+    ]
     argv += ["student.from_teacher=null", f"student.model={bad}"]
     assert main(argv) == 2
     err = _error_lines(capsys)
     assert len(err) == 1 and "loss became nan" in err[0]
 
 
-def test_rerun_of_finished_run_does_not_retrain(tiny_teacher_dir, tiny_text_file, tmp_path,
-                                                capsys):
+def test_rerun_of_finished_run_does_not_retrain(tiny_teacher_dir, tiny_text_file, tmp_path, capsys):
     out = tmp_path / "done"
-    cfg = load_config(REPO / "src/kdistill/configs/demo.yaml",
-                      tiny_overrides(tiny_teacher_dir, tiny_text_file, out))
+    cfg = load_config(
+        REPO / "src/kdistill/configs/demo.yaml",
+        tiny_overrides(tiny_teacher_dir, tiny_text_file, out),
+    )
     run_distill_lm(cfg)
     before = (out / "model" / "model.safetensors").stat().st_mtime_ns
     run_distill_lm(cfg)
@@ -179,13 +235,13 @@ def test_rerun_of_finished_run_does_not_retrain(tiny_teacher_dir, tiny_text_file
     assert "already complete" in capsys.readouterr().out
 
 
-def test_changed_config_in_same_folder_is_refused(tiny_teacher_dir, tiny_text_file, tmp_path,
-                                                  capsys):
+def test_changed_config_in_same_folder_is_refused(
+    tiny_teacher_dir, tiny_text_file, tmp_path, capsys
+):
     out = tmp_path / "x"
     demo = str(REPO / "src/kdistill/configs/demo.yaml")
     assert main(["distill", demo, *tiny_overrides(tiny_teacher_dir, tiny_text_file, out)]) == 0
-    changed = tiny_overrides(tiny_teacher_dir, tiny_text_file, out,
-                             **{"distill.soft_weight": 0.9})
+    changed = tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"distill.soft_weight": 0.9})
     assert main(["distill", demo, *changed]) == 2
     assert "different config" in capsys.readouterr().err
 
@@ -207,14 +263,46 @@ def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_fil
     one = tmp_path / "one"
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, str(script), demo, *_sgd_overrides(
-        tiny_teacher_dir, tiny_chat_file, one, **common, **{"training.per_device_batch_size": 4})],
-        check=True, env=env, cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            demo,
+            *_sgd_overrides(
+                tiny_teacher_dir,
+                tiny_chat_file,
+                one,
+                **common,
+                **{"training.per_device_batch_size": 4},
+            ),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), demo,
-                           *_sgd_overrides(tiny_teacher_dir, tiny_chat_file, two, **common,
-                                           **{"training.per_device_batch_size": 2})],
-                          env=env, cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            demo,
+            *_sgd_overrides(
+                tiny_teacher_dir,
+                tiny_chat_file,
+                two,
+                **common,
+                **{"training.per_device_batch_size": 2},
+            ),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     l1, l2 = _log(one), _log(two)
     assert len(l1) == len(l2) == 3

@@ -44,7 +44,7 @@ def test_greedy_completes_paris(teacher):
     model, tok = teacher
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_student_with_all_layers_reproduces_teacher(teacher):

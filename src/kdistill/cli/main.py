@@ -47,9 +47,14 @@ def _root(
 
 
 @app.command()
-def distill(config: ConfigArg, overrides: OverridesArg = None, fresh: FreshOpt = False,
-            resume: Annotated[bool, typer.Option(help="continue from the latest complete "
-                                                 "checkpoint in the run folder")] = True):
+def distill(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    fresh: FreshOpt = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest complete checkpoint in the run folder")
+    ] = True,
+):
     """Distil a teacher into a student as CONFIG says (resumes automatically)."""
     from kdistill.config.loader import load_config
 

@@ -55,7 +55,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             return None
         ann = field.annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        nxt = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if nxt is None:
             return None
         model = nxt
@@ -72,8 +74,10 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         hint = ""
         if model is not None:
             near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else (
-                f"; valid keys: {', '.join(model.model_fields)}"
+            hint = (
+                f"; did you mean {near[0]!r}?"
+                if near
+                else (f"; valid keys: {', '.join(model.model_fields)}")
             )
         return f"{source}: unknown key {key!r}{hint}"
     value = err.get("input")

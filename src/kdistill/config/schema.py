@@ -26,7 +26,9 @@ class ScheduleSpec(Strict):
     warmup_steps: int = Field(0, ge=0, description="linear ramp from warmup_start over N steps")
     warmup_start: float = Field(0.0, description="value at step 0 when warmup_steps > 0")
     milestones: list[float] = Field(default_factory=list, description="step: fractions in (0,1)")
-    values: list[float] = Field(default_factory=list, description="step: value after each milestone")
+    values: list[float] = Field(
+        default_factory=list, description="step: value after each milestone"
+    )
 
 
 Scalar = float | ScheduleSpec

@@ -32,7 +32,9 @@ def load_records(source: str, text_field: str = "text") -> list[str | list[dict]
         text = path.read_text(encoding="utf-8")
         return [p.strip() for p in text.split("\n\n") if p.strip()]
     if path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise ValueError(f"data source {path.name}: unsupported suffix; use .txt, .jsonl or .parquet")
+        raise ValueError(
+            f"data source {path.name}: unsupported suffix; use .txt, .jsonl or .parquet"
+        )
     import datasets
 
     kind = "parquet" if path.suffix == ".parquet" else "json"

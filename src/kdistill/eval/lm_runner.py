@@ -32,6 +32,19 @@ def _latency(model, input_ids: torch.Tensor, repeats: int = 5) -> tuple[float, f
 
 
 @torch.no_grad()
+def _generation_speed(model, prompt: torch.Tensor, new_tokens: int = 32) -> float:
+    """Greedy tokens/s with the KV cache, after one warm-up call."""
+    kwargs = {"do_sample": False, "min_new_tokens": new_tokens, "max_new_tokens": new_tokens}
+    pad = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(pad, list):
+        pad = pad[0]
+    model.generate(prompt, max_new_tokens=2, do_sample=False, pad_token_id=pad)
+    t0 = time.perf_counter()
+    model.generate(prompt, pad_token_id=pad, **kwargs)
+    return new_tokens / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
 def evaluate_lms(
     models: dict[str, torch.nn.Module],
     teacher_name: str,
@@ -50,9 +63,22 @@ def evaluate_lms(
 
     for m in models.values():
         m.eval()
-    acc = {n: {"nll": 0.0, "count": 0, "kl": 0.0, "agree": 0, "seconds": 0.0} for n in models}
-    batches = [collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-               for i in range(0, len(dataset), batch_size)]
+    n_bins = 15
+    acc = {
+        n: {
+            "nll": 0.0,
+            "count": 0,
+            "kl": 0.0,
+            "agree": 0,
+            "seconds": 0.0,
+            "bins": ([0] * n_bins, [0.0] * n_bins, [0.0] * n_bins),
+        }
+        for n in models
+    }
+    batches = [
+        collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        for i in range(0, len(dataset), batch_size)
+    ]
     for bi, batch in enumerate(track(batches, description="evaluating")):
         labels = batch["shift_labels"]
         valid = labels != -100
@@ -72,12 +98,21 @@ def evaluate_lms(
             acc[name]["count"] += cnt
             acc[name]["kl"] += metrics.kl_sum(t_logits, lg, flat_valid)
             acc[name]["agree"] += metrics.agreement_count(t_logits, lg, flat_valid)
-    timed_tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:]) if len(batches) > 1 else 0
+            probs = torch.softmax(lg[flat_valid].float(), dim=-1)
+            conf, pred = probs.max(-1)
+            bins = metrics.calibration_bins(conf, pred == flat_labels[flat_valid], n_bins)
+            for total, part in zip(acc[name]["bins"], bins):
+                for k, v in enumerate(part):
+                    total[k] += v
+    timed_tokens = (
+        sum(int(b["attention_mask"].sum()) for b in batches[1:]) if len(batches) > 1 else 0
+    )
     probe = batches[0]["input_ids"][:1]
     results = {}
     for name, model in models.items():
         a = acc[name]
         p50, p95 = _latency(model, probe)
+        counts, conf_sums, correct_sums = a["bins"]
         results[name] = {
             "perplexity": metrics.perplexity(a["nll"], a["count"]),
             "nll": a["nll"] / max(a["count"], 1),
@@ -90,5 +125,8 @@ def evaluate_lms(
             "latency_p50_s": p50,
             "latency_p95_s": p95,
             "latency_input_tokens": int(probe.shape[1]),
+            "generate_tokens_per_s": _generation_speed(model, probe[:, :32]),
+            "ece": metrics.expected_calibration_error(counts, conf_sums, correct_sums),
+            "reliability": {"counts": counts, "conf_sums": conf_sums, "correct_sums": correct_sums},
         }
     return results

@@ -19,7 +19,9 @@ def nll_sum(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
     return float(-(picked * valid).sum()), int(valid.sum())
 
 
-def kl_sum(teacher_logits: torch.Tensor, student_logits: torch.Tensor, valid: torch.Tensor) -> float:
+def kl_sum(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, valid: torch.Tensor
+) -> float:
     """Sum over valid positions of KL(teacher || student) at T = 1."""
     t = torch.log_softmax(teacher_logits.float(), dim=-1)
     s = torch.log_softmax(student_logits.float(), dim=-1)

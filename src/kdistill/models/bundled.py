@@ -39,7 +39,9 @@ def bundled_gguf_path(name: str) -> Path:
         ) from exc
     path = Path(str(dist.locate_file(rel)))
     if not path.is_file():
-        raise ModelNotFoundError(f"package {dist_name} is installed but {rel} is missing; reinstall it")
+        raise ModelNotFoundError(
+            f"package {dist_name} is installed but {rel} is missing; reinstall it"
+        )
     return path
 
 

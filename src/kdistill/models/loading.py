@@ -37,7 +37,9 @@ def to_plain_model(model):
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if real_missing or unexpected:
-        raise RuntimeError(f"weights did not transfer: missing={real_missing} unexpected={unexpected}")
+        raise RuntimeError(
+            f"weights did not transfer: missing={real_missing} unexpected={unexpected}"
+        )
     if config.tie_word_embeddings:
         plain.tie_weights()
     return plain

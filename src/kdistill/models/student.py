@@ -35,7 +35,8 @@ def select_layers(
         j = i + n_layers if i < 0 else i
         if not 0 <= j < n_layers:
             raise ValueError(
-                f"student.keep_layers has {i}, but the teacher has {n_layers} layers (0..{n_layers - 1})"
+                f"student.keep_layers has {i}, but the teacher has {n_layers} layers "
+                f"(0..{n_layers - 1})"
             )
         out.append(j)
     if len(set(out)) != len(out) or not out:
@@ -82,7 +83,8 @@ def build_student_from_teacher(
         heads = config.num_attention_heads
         if hidden_size % heads:
             raise ValueError(
-                f"student.hidden_size {hidden_size} must be divisible by num_attention_heads {heads}"
+                f"student.hidden_size {hidden_size} must be divisible by "
+                f"num_attention_heads {heads}"
             )
         config.hidden_size = hidden_size
         config.head_dim = hidden_size // heads

@@ -17,7 +17,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def shared_vocab_size(teacher_tok, student_tok, teacher_logit_dim: int, student_logit_dim: int) -> int:
+def shared_vocab_size(
+    teacher_tok, student_tok, teacher_logit_dim: int, student_logit_dim: int
+) -> int:
     """The number of real token ids both sides share; logits are sliced to this."""
     if tokenizer_fingerprint(teacher_tok) != tokenizer_fingerprint(student_tok):
         raise ValueError(

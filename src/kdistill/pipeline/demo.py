@@ -79,11 +79,11 @@ def run_demo(
 ) -> Path:
     import torch
 
+    from kdistill.config import builders
     from kdistill.data.lm import CausalCollator, build_lm_datasets
+    from kdistill.eval.lm_runner import evaluate_lms
     from kdistill.models.loading import load_causal_lm
     from kdistill.pipeline.distill_lm import run_distill_lm
-    from kdistill.eval.lm_runner import evaluate_lms
-    from kdistill.config import builders
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,8 @@ def run_demo(
     console.print(
         f"student: {d['student_size_fraction']:.0%} of the teacher's parameters, "
         f"{d['student_speedup']:.2f}x its forward speed; perplexity "
-        f"{results['student']['perplexity']:.2f} vs baseline {results['baseline']['perplexity']:.2f}"
+        f"{results['student']['perplexity']:.2f} vs baseline "
+        f"{results['baseline']['perplexity']:.2f}"
         f" -> teacher {'helped' if d['teacher_helped'] else 'did NOT help'}"
     )
     console.print(f"results: {out / 'results.json'}  ({timings['total_seconds']:.0f} s)")

@@ -20,7 +20,7 @@ def _threads(cfg: RunConfig) -> None:
 
 def load_models(cfg: RunConfig, *, need_teacher: bool):
     """(teacher or None, student, tokenizer, vocab_size) as the config says."""
-    from kdistill.models.loading import load_causal_lm, load_tokenizer
+    from kdistill.models.loading import load_causal_lm
     from kdistill.models.student import build_student_from_teacher
     from kdistill.models.vocab import shared_vocab_size
 
@@ -41,7 +41,9 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
     vocab = len(tok)
     if teacher is not None:
         vocab = shared_vocab_size(
-            tok, s_tok, teacher.get_output_embeddings().weight.shape[0],
+            tok,
+            s_tok,
+            teacher.get_output_embeddings().weight.shape[0],
             student.get_output_embeddings().weight.shape[0],
         )
     if not need_teacher:

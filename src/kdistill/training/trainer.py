@@ -166,6 +166,10 @@ class KDTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         check_loss_finite(loss, step)
         if model.training:
-            n_tok = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
+            n_tok = (
+                int(inputs["attention_mask"].sum())
+                if "attention_mask" in inputs
+                else labels.numel()
+            )
             self.kd_meter.update(sums, knobs, n_tok)
         return (loss, outputs) if return_outputs else loss

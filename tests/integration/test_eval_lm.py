@@ -1,0 +1,40 @@
+"""The LM evaluation runner on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kdistill.data.lm import CausalCollator, build_lm_datasets
+from kdistill.eval.lm_runner import evaluate_lms
+from tests.conftest import make_tiny_lm
+
+pytestmark = pytest.mark.integration
+
+
+def test_teacher_vs_itself_and_a_different_model(tiny_tokenizer, tiny_text_file):
+    _, held = build_lm_datasets(
+        tiny_tokenizer, str(tiny_text_file), block_size=16, held_out_fraction=0.3
+    )
+    teacher = make_tiny_lm(tiny_tokenizer, seed=0)
+    copy = make_tiny_lm(tiny_tokenizer, seed=0)
+    other = make_tiny_lm(tiny_tokenizer, seed=1)
+    res = evaluate_lms(
+        {"teacher": teacher, "copy": copy, "other": other},
+        "teacher",
+        held,
+        CausalCollator(tiny_tokenizer.pad_token_id),
+        vocab_size=len(tiny_tokenizer),
+        batch_size=2,
+    )
+    assert res["copy"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert res["copy"]["top1_agreement"] == 1.0
+    assert res["copy"]["perplexity"] == pytest.approx(res["teacher"]["perplexity"], rel=1e-6)
+    assert res["other"]["kl_to_teacher"] > 1e-4
+    # an untrained tiny model sits near the uniform perplexity |V|
+    assert 0.2 * len(tiny_tokenizer) < res["teacher"]["perplexity"] < 5 * len(tiny_tokenizer)
+    r = res["other"]
+    assert sum(r["reliability"]["counts"]) == r["eval_tokens"]
+    assert 0.0 <= r["ece"] <= 1.0 and math.isfinite(r["generate_tokens_per_s"])
+    assert r["params"] == res["teacher"]["params"]

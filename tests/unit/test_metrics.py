@@ -1,0 +1,53 @@
+"""Evaluation metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdistill.eval import metrics
+
+
+def test_nll_and_perplexity_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
+    targets = torch.tensor([0, 1, -100])
+    nll, n = metrics.nll_sum(logits, targets)
+    assert n == 2
+    assert nll == pytest.approx(-math.log(0.5) - math.log(0.8), rel=1e-6)
+    assert metrics.perplexity(nll, n) == pytest.approx(math.exp(nll / 2))
+
+
+def test_kl_and_agreement_by_hand():
+    t = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    s = torch.log(torch.tensor([[0.25, 0.75], [0.6, 0.4]]))
+    valid = torch.tensor([True, True])
+    expect = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    expect += 0.9 * math.log(0.9 / 0.6) + 0.1 * math.log(0.1 / 0.4)
+    assert metrics.kl_sum(t, s, valid) == pytest.approx(expect, rel=1e-5)
+    # teacher top-1: [0 (tie -> first), 0]; student: [1, 0]
+    assert metrics.agreement_count(t, s, valid) == 1
+    assert metrics.agreement_count(t, s, torch.tensor([False, True])) == 1
+
+
+def test_ece_by_hand():
+    conf = torch.tensor([0.95, 0.95, 0.55, 0.55])
+    correct = torch.tensor([True, False, True, True])
+    counts, cs, ks = metrics.calibration_bins(conf, correct, n_bins=10)
+    assert sum(counts) == 4 and counts[9] == 2 and counts[5] == 2
+    # bin 0.9-1.0: acc 0.5, conf 0.95 ; bin 0.5-0.6: acc 1.0, conf 0.55
+    expect = 0.5 * abs(0.5 - 0.95) + 0.5 * abs(1.0 - 0.55)
+    assert metrics.expected_calibration_error(counts, cs, ks) == pytest.approx(expect)
+
+
+def test_ece_perfect_calibration_is_zero():
+    conf = torch.tensor([1.0, 1.0])
+    assert metrics.expected_calibration_error(
+        *metrics.calibration_bins(conf, torch.tensor([True, True]))
+    ) == pytest.approx(0.0)
+
+
+def test_retention():
+    assert metrics.retention(20.0, 10.0, lower_is_better=True) == 0.5
+    assert metrics.retention(0.8, 0.9, lower_is_better=False) == pytest.approx(0.8 / 0.9)
