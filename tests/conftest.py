@@ -130,3 +130,29 @@ def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[st
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def make_word_tokenizer(texts: list[str]):
+    """A tiny word-level tokenizer (V < 100) so tests can keep every id (k = V <= 255)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+
+
+@pytest.fixture(scope="session")
+def word_teacher_dir(tmp_path_factory) -> Path:
+    tok = make_word_tokenizer(TINY_TEXT)
+    folder = tmp_path_factory.mktemp("word_teacher")
+    model = make_tiny_lm(tok, seed=3)
+    with torch.no_grad():  # peaky (non-uniform) teacher distributions
+        model.model.embed_tokens.weight.mul_(40)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

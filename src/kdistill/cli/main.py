@@ -82,6 +82,28 @@ def train_teacher(config: ConfigArg, overrides: OverridesArg = None, fresh: Fres
 
 
 @app.command()
+def cache(
+    config: Annotated[str, typer.Argument(help="YAML run config, or `plan` then the config")],
+    overrides: OverridesArg = None,
+):
+    """Run the teacher once over the training data and store sparse soft labels in
+    cache.dir (resumable). `kdistill cache plan CONFIG` measures settings first."""
+    from kdistill.config.loader import load_config
+
+    args = list(overrides or [])
+    if config == "plan":
+        if not args:
+            raise click.UsageError("usage: kdistill cache plan CONFIG [key=value ...]")
+        from kdistill.pipeline.cache import run_cache_plan
+
+        run_cache_plan(load_config(args[0], args[1:]))
+        return
+    from kdistill.pipeline.cache import run_cache
+
+    run_cache(load_config(config, args))
+
+
+@app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where runs and results.json go")] = Path(
         "runs/demo"
@@ -98,11 +120,19 @@ def demo(
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from kdistill.cache import StoreError
     from kdistill.config.loader import ConfigError
     from kdistill.models.bundled import ModelNotFoundError
     from kdistill.training.step import NonFiniteError
 
-    return (ConfigError, ModelNotFoundError, NonFiniteError, FileNotFoundError, ValueError)
+    return (
+        ConfigError,
+        ModelNotFoundError,
+        NonFiniteError,
+        StoreError,
+        FileNotFoundError,
+        ValueError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,9 @@ class ModelSpec(Strict):
     from_teacher: StudentFromTeacher | None = Field(
         None, description="student only: derive from the teacher's layers"
     )
+    cache: str | None = Field(
+        None, description="teacher only: a store from `kdistill cache`; no teacher model runs"
+    )
     hidden: list[int] = Field(
         default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
     )
@@ -130,6 +133,27 @@ class TrainingSpec(Strict):
     extra: dict = Field(default_factory=dict, description="passed to TrainingArguments as is")
 
 
+class CacheSpec(Strict):
+    """`kdistill cache`: run the teacher once over the training data, store sparse targets."""
+
+    dir: str = Field("runs/cache", description="store folder (manifest.json + shards)")
+    method: Literal["topk", "sampled"] = Field(
+        "sampled", description="topk: k most likely ids + tail; sampled: n draws (unbiased)"
+    )
+    k: int = Field(16, ge=1, le=255, description="topk: ids kept per position")
+    n: int = Field(24, ge=1, le=255, description="sampled: draws per position")
+    top_p: float | None = Field(None, gt=0, le=1, description="topk: stop once mass >= top_p")
+    values: Literal["logprob8", "logprob16", "count8"] | None = Field(
+        None, description="value encoding; default count8 (sampled) / logprob8 (topk)"
+    )
+    cache_temperature: float = Field(1.0, gt=0, description="teacher softmax temperature")
+    shard_blocks: int = Field(64, ge=1, description="blocks per shard file")
+    batch_size: int = Field(4, ge=1, description="teacher forward batch size")
+
+    def value_kind(self) -> str:
+        return self.values or ("count8" if self.method == "sampled" else "logprob8")
+
+
 class RunConfig(Strict):
     """One distillation (or teacher-training) run."""
 
@@ -141,3 +165,4 @@ class RunConfig(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)

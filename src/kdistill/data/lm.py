@@ -118,6 +118,16 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
 
 
+def data_fingerprint(dataset: BlockDataset) -> str:
+    """sha256 over every example's token ids and labels (what a teacher store must match)."""
+    h = hashlib.sha256()
+    for i in range(len(dataset)):
+        item = dataset[i]
+        h.update(item["input_ids"].numpy().tobytes())
+        h.update(item["labels"].numpy().tobytes())
+    return h.hexdigest()
+
+
 def count_label_tokens(dataset: BlockDataset) -> int:
     return sum(int((dataset[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in range(len(dataset)))
 

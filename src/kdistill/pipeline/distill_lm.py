@@ -51,6 +51,24 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
     return teacher, student, tok, vocab
 
 
+def _cached_data(cfg: RunConfig, tok, train_ds):
+    """Attach stored teacher targets to the training blocks after checking the store."""
+    from kdistill.cache import StoreReader
+    from kdistill.data.lm import data_fingerprint
+    from kdistill.models.vocab import tokenizer_fingerprint
+    from kdistill.teachers.cached import CachedCollator, CachedSignalDataset
+
+    reader = StoreReader(cfg.teacher.cache)
+    reader.check(
+        tokenizer_hash=tokenizer_fingerprint(tok),
+        data_fingerprint=data_fingerprint(train_ds),
+        block_size=cfg.data.block_size,
+    )
+    reader.verify_all()
+    ds = CachedSignalDataset(train_ds, reader)
+    return ds, CachedCollator(tok.pad_token_id), reader.manifest.cache_temperature
+
+
 def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) -> Path:
     """Train the student; returns the run folder (``model/`` holds the final student)."""
     from transformers import TrainingArguments, set_seed
@@ -66,16 +84,24 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
         print(f"[kdistill] {run_dir} is already complete; pass --fresh to retrain")
         return run_dir
     set_seed(cfg.seed)
-    teacher, student, tok, vocab = load_models(cfg, need_teacher=not cfg.distill.baseline)
+    cached = cfg.teacher.cache is not None and not cfg.distill.baseline
+    teacher, student, tok, vocab = load_models(
+        cfg, need_teacher=not cfg.distill.baseline and not cached
+    )
     train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
+    collator = CausalCollator(tok.pad_token_id)
+    signal_temperature = 1.0
+    if cached:
+        train_ds, collator, signal_temperature = _cached_data(cfg, tok, train_ds)
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
     trainer = KDTrainer(
         model=student,
         args=args,
         train_dataset=train_ds,
-        data_collator=CausalCollator(tok.pad_token_id),
+        data_collator=collator,
         teacher=teacher,
+        signal_temperature=signal_temperature,
         schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
         vocab_size=vocab,
         log_path=run_dir / "kd_log.jsonl",

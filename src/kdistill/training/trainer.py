@@ -16,6 +16,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from kdistill.losses.objective import combine
+from kdistill.signals import SparseSignal
 from kdistill.training.step import (
     KDSchedules,
     check_loss_finite,
@@ -108,6 +109,7 @@ class KDTrainer(Trainer):
         scale_by_t2: bool = True,
         vocab_size: int | None = None,
         log_path: Path | None = None,
+        signal_temperature: float = 1.0,
         **kwargs,
     ):
         self.kd_meter = KDMeter()
@@ -127,6 +129,7 @@ class KDTrainer(Trainer):
         self.skew_alpha = skew_alpha
         self.scale_by_t2 = scale_by_t2
         self.kd_vocab_size = vocab_size
+        self.signal_temperature = signal_temperature
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -134,12 +137,25 @@ class KDTrainer(Trainer):
         raw_labels = inputs.pop("labels")
         if labels is None:
             labels = raw_labels
+        stored = [
+            inputs.pop(k, None) for k in ("teacher_ids", "teacher_logprobs", "teacher_log_tail")
+        ]
         step = self.state.global_step
         knobs = self.schedules.at(step, max(self.state.max_steps, 1))
         outputs = model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         teacher_logits = None
-        if self.teacher is not None and knobs.soft_weight > 0:
+        if stored[0] is not None and knobs.soft_weight > 0:
+            # a cached teacher: sparse targets from the store, made at the cache temperature
+            teacher_logits = SparseSignal(
+                stored[0],
+                stored[1].float(),
+                stored[2].float(),
+                self.kd_vocab_size or logits.shape[-1],
+                self.signal_temperature,
+            )
+            check_teacher_finite(teacher_logits, step)
+        elif self.teacher is not None and knobs.soft_weight > 0:
             with torch.no_grad():
                 t_out = self.teacher(**inputs)
                 teacher_logits = t_out.logits if hasattr(t_out, "logits") else t_out

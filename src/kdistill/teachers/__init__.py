@@ -1,0 +1,1 @@
+"""Teachers: where the teacher's knowledge comes from (online model, cached store)."""
