@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -16,10 +15,8 @@ pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model, tok = load_causal_lm("smollm2-135m", frozen=True)
-    return model, tok
+def teacher(real_teacher):
+    return real_teacher
 
 
 def test_bundled_gguf_is_found_without_importing_the_package():

@@ -51,3 +51,19 @@ def test_ece_perfect_calibration_is_zero():
 def test_retention():
     assert metrics.retention(20.0, 10.0, lower_is_better=True) == 0.5
     assert metrics.retention(0.8, 0.9, lower_is_better=False) == pytest.approx(0.8 / 0.9)
+
+
+def test_tempered_probs_entropy_and_jsd_by_hand():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    for t in (0.2, 1.0, 5.0):
+        p = metrics.tempered_probs(logits, t)
+        z = [math.exp(x / t) for x in (2.0, 1.0, 0.0)]
+        assert p.tolist() == pytest.approx([x / sum(z) for x in z], rel=1e-5)
+    assert float(metrics.entropy(torch.tensor([0.5, 0.5, 0.0]))) == pytest.approx(math.log(2))
+    p, q = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert metrics.js_divergence(p, q) == pytest.approx(1.0)  # disjoint: 1 bit
+    assert metrics.js_divergence(p, p) == pytest.approx(0.0)
+    shares = metrics.normalised_sequence_probs([math.log(0.6), math.log(0.25), math.log(0.1)])
+    assert shares == pytest.approx([0.6 / 0.95, 0.25 / 0.95, 0.1 / 0.95])
+    with pytest.raises(ValueError, match="temperature"):
+        metrics.tempered_probs(logits, 0.0)

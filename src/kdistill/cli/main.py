@@ -104,6 +104,43 @@ def cache(
 
 
 @app.command()
+def inspect(
+    prompt: Annotated[str, typer.Option(help="text whose next token the teacher predicts")] = (
+        "I am hungry, I want to eat"
+    ),
+    model: Annotated[str, typer.Option(help="bundled name, .gguf or HF folder")] = "smollm2-135m",
+    temperatures: Annotated[str, typer.Option(help="comma-separated T values")] = "0.2,1,2,5,20",
+    sequences: Annotated[int, typer.Option(min=0, help="also sample N continuations")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for inspect.json and the plot")] = Path(
+        "runs/inspect"
+    ),
+):
+    """Show the teacher's next-token soft labels at several temperatures (table + plot)."""
+    from kdistill.pipeline.inspect import run_inspect
+
+    try:
+        temps = [float(t) for t in temperatures.split(",") if t.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"--temperatures must be numbers, got {temperatures!r}") from exc
+    if not temps or any(t <= 0 for t in temps):
+        raise click.BadParameter("--temperatures must be > 0, e.g. 0.5,1,2")
+    run_inspect(model, prompt, temps, sequences, out)
+
+
+@app.command()
+def datacheck(
+    distill_data: Annotated[str, typer.Option(help="kjv, pydoc, a file; :train/:heldout")],
+    production_data: Annotated[str, typer.Option(help="a sample of production text")],
+    model: Annotated[str, typer.Option(help="the teacher")] = "smollm2-135m",
+    max_tokens: Annotated[int, typer.Option(min=256, help="tokens read from each")] = 2048,
+):
+    """Score how well the distillation data matches production data; warn on mismatch."""
+    from kdistill.pipeline.datacheck import run_datacheck
+
+    run_datacheck(model, distill_data, production_data, max_tokens)
+
+
+@app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where runs and results.json go")] = Path(
         "runs/demo"

@@ -62,3 +62,32 @@ def retention(student_value: float, teacher_value: float, *, lower_is_better: bo
     if lower_is_better:
         return teacher_value / student_value if student_value else float("nan")
     return student_value / teacher_value if teacher_value else float("nan")
+
+
+def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T) in fp32 over the last dim."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last dim (0 log 0 = 0)."""
+    p = probs.float()
+    return -(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))).sum(-1)
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Jensen-Shannon divergence in bits between two probability vectors (0..1)."""
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(a > 0, a * (torch.log2(a) - torch.log2(b)), torch.zeros_like(a)).sum()
+
+    return float(0.5 * kl(p, m) + 0.5 * kl(q, m))
+
+
+def normalised_sequence_probs(logprobs: list[float]) -> list[float]:
+    """exp(lp_i) / sum_j exp(lp_j): how the teacher splits its belief among N sequences."""
+    t = torch.tensor(logprobs, dtype=torch.float64)
+    return torch.softmax(t, dim=0).tolist()
