@@ -38,3 +38,51 @@ def test_teacher_vs_itself_and_a_different_model(tiny_tokenizer, tiny_text_file)
     assert sum(r["reliability"]["counts"]) == r["eval_tokens"]
     assert 0.0 <= r["ece"] <= 1.0 and math.isfinite(r["generate_tokens_per_s"])
     assert r["params"] == res["teacher"]["params"]
+
+
+def test_inspect_cli_writes_json_and_plot(tiny_teacher_dir, tmp_path, capsys):
+    import json
+
+    from kdistill.cli.main import main
+
+    out = tmp_path / "insp"
+    argv = [
+        "inspect",
+        "--model",
+        str(tiny_teacher_dir),
+        "--prompt",
+        "And God said",
+        "--temperatures",
+        "0.5,1,4",
+        "--sequences",
+        "3",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    data = json.loads((out / "inspect.json").read_text())
+    assert [r["temperature"] for r in data["soft_labels"]] == [0.5, 1.0, 4.0]
+    for r in data["soft_labels"]:
+        assert r["total_probability"] == pytest.approx(1.0, abs=1e-5)
+    assert sum(s["share"] for s in data["sequences"]) == pytest.approx(1.0)
+    assert (out / "soft_labels.png").stat().st_size > 1000
+    assert main(["inspect", "--model", str(tiny_teacher_dir), "--temperatures", "0,1"]) == 2
+
+
+def test_datacheck_cli_runs(tiny_teacher_dir, tiny_text_file, capsys):
+    from kdistill.cli.main import main
+
+    argv = [
+        "datacheck",
+        "--model",
+        str(tiny_teacher_dir),
+        "--distill-data",
+        str(tiny_text_file),
+        "--production-data",
+        "pydoc",
+        "--max-tokens",
+        "256",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "perplexity_ratio" in out and "unigram_jsd_bits" in out
