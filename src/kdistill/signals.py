@@ -22,6 +22,11 @@ import torch
 NEG_INF = float("-inf")
 
 
+def fp32_or_wider(x: torch.Tensor) -> torch.Tensor:
+    """Soft-label math runs in fp32 (or fp64 when given fp64, e.g. for gradcheck)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _check_temperature(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}; pass e.g. {name}=1.0")
@@ -46,7 +51,9 @@ class DenseSignal:
     def from_logits(cls, logits: torch.Tensor, temperature: float = 1.0) -> DenseSignal:
         """Build from raw logits ``(..., V)``: ``log_softmax(logits / T)`` in fp32."""
         _check_temperature("temperature", temperature)
-        return cls(torch.log_softmax(logits.float() / temperature, dim=-1), float(temperature))
+        return cls(
+            torch.log_softmax(fp32_or_wider(logits) / temperature, dim=-1), float(temperature)
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -59,8 +66,8 @@ class DenseSignal:
         """
         _check_temperature("temperature", temperature)
         if temperature == self.made_at_temperature:
-            return self.logprobs.float()
-        scaled = self.logprobs.float() * (self.made_at_temperature / temperature)
+            return fp32_or_wider(self.logprobs)
+        scaled = fp32_or_wider(self.logprobs) * (self.made_at_temperature / temperature)
         return torch.log_softmax(scaled, dim=-1)
 
 
@@ -111,7 +118,7 @@ class SparseSignal:
         vocab = logprobs.shape[-1]
         if not 1 <= k <= vocab:
             raise ValueError(f"k must be in [1, {vocab}], got {k}")
-        lp = logprobs.float()
+        lp = fp32_or_wider(logprobs)
         top_lp, top_ids = torch.topk(lp, k, dim=-1)
         if k == vocab:
             log_tail = torch.full(top_lp.shape[:-1], NEG_INF, dtype=top_lp.dtype)
@@ -123,19 +130,19 @@ class SparseSignal:
     def from_logits_topk(cls, logits: torch.Tensor, k: int, temperature: float = 1.0):
         """Top-``k`` sparse signal from raw logits ``(..., V)`` at ``temperature``."""
         _check_temperature("temperature", temperature)
-        lp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        lp = torch.log_softmax(fp32_or_wider(logits) / temperature, dim=-1)
         return cls.from_logprobs_topk(lp, k, temperature)
 
     def to_dense(self) -> torch.Tensor:
         """Dense log-probs ``(..., V)``; the tail is spread uniformly over the ids not kept."""
         valid = self.ids >= 0
         n_tail = (self.vocab_size - valid.sum(-1)).clamp_min(1).float()
-        tail_each = self.log_tail.float() - torch.log(n_tail)
+        tail_each = fp32_or_wider(self.log_tail) - torch.log(n_tail)
         shape = (*self.ids.shape[:-1], self.vocab_size + 1)
         out = tail_each.unsqueeze(-1).expand(shape).clone()
         # unused slots (negative ids) are scattered into a spare column V, then dropped
         index = torch.where(valid, self.ids, torch.full_like(self.ids, self.vocab_size))
-        out.scatter_(-1, index, self.logprobs.float())
+        out.scatter_(-1, index, fp32_or_wider(self.logprobs))
         return out[..., : self.vocab_size]
 
     def at_temperature(self, temperature: float) -> SparseSignal:
@@ -151,11 +158,13 @@ class SparseSignal:
         a = self.made_at_temperature / temperature
         valid = self.ids >= 0
         n_tail = (self.vocab_size - valid.sum(-1)).float()
-        kept = self.logprobs.float() * a
+        kept = fp32_or_wider(self.logprobs) * a
         has_tail = (n_tail > 0) & torch.isfinite(self.log_tail)
         safe_n = n_tail.clamp_min(1.0)
         tail = torch.where(
-            has_tail, (self.log_tail.float() - torch.log(safe_n)) * a + torch.log(safe_n), NEG_INF
+            has_tail,
+            (fp32_or_wider(self.log_tail) - torch.log(safe_n)) * a + torch.log(safe_n),
+            NEG_INF,
         )
         log_z = torch.logsumexp(torch.cat([kept, tail.unsqueeze(-1)], dim=-1), dim=-1)
         return SparseSignal(
@@ -173,7 +182,7 @@ def log_tail_from_kept(kept_logprobs: torch.Tensor) -> torch.Tensor:
     Args:
         kept_logprobs: ``(..., K)`` log-probabilities. Returns ``(...)``.
     """
-    lse = torch.logsumexp(kept_logprobs.float(), dim=-1).clamp(max=0.0)
+    lse = torch.logsumexp(fp32_or_wider(kept_logprobs), dim=-1).clamp(max=0.0)
     return torch.log(-torch.expm1(lse))
 
 

@@ -141,6 +141,16 @@ def datacheck(
 
 
 @app.command()
+def generate(config: ConfigArg, overrides: OverridesArg = None):
+    """Teacher writes completions for generate.prompts (local model or OpenAI-compatible
+    server), exactly once per (prompt, sample), resumable; filtered into kept.jsonl."""
+    from kdistill.config.loader import load_config
+    from kdistill.pipeline.generate import run_generate
+
+    run_generate(load_config(config, overrides or []))
+
+
+@app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where runs and results.json go")] = Path(
         "runs/demo"
@@ -160,9 +170,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from kdistill.cache import StoreError
     from kdistill.config.loader import ConfigError
     from kdistill.models.bundled import ModelNotFoundError
+    from kdistill.teachers.served import ServedError
     from kdistill.training.step import NonFiniteError
 
     return (
+        ServedError,
         ConfigError,
         ModelNotFoundError,
         NonFiniteError,

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.losses.divergences import get_divergence
-from kdistill.losses.sparse import student_buckets, teacher_buckets
-from kdistill.signals import DenseSignal, SparseSignal, TeacherSignal
+from kdistill.losses.sparse import student_buckets_from_logits, teacher_buckets
+from kdistill.signals import DenseSignal, SparseSignal, TeacherSignal, fp32_or_wider
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _teacher_logp(teacher, kd_temperature: float) -> torch.Tensor | SparseSignal
     if isinstance(teacher, SparseSignal):
         return teacher.at_temperature(kd_temperature)
     if isinstance(teacher, torch.Tensor):
-        t = teacher.float()
+        t = fp32_or_wider(teacher)
         return torch.log_softmax(t if kd_temperature == 1.0 else t / kd_temperature, dim=-1)
     raise ValueError(
         f"teacher must be logits (torch.Tensor), DenseSignal or SparseSignal, got {type(teacher)}"
@@ -128,7 +128,7 @@ def kd_sums(
     div = get_divergence(divergence, beta=beta, skew_alpha=skew_alpha)
     _check_shapes(student_logits, teacher, labels)
 
-    s_logits = student_logits.float()
+    s_logits = fp32_or_wider(student_logits)
     if labels is None:
         valid = torch.ones(s_logits.shape[:-1], dtype=torch.bool, device=s_logits.device)
     else:
@@ -137,17 +137,27 @@ def kd_sums(
 
     t = _teacher_logp(teacher, kd_temperature)
     s_scaled = s_logits if kd_temperature == 1.0 else s_logits / kd_temperature
-    s_logp = torch.log_softmax(s_scaled, dim=-1)
     if isinstance(t, SparseSignal):
-        per_pos = div(teacher_buckets(t), student_buckets(s_logp, t.ids))
+        t_buckets = teacher_buckets(t)
+        # forward KL never looks at the student's tail when the teacher's tail is empty
+        need_tail = divergence != "forward_kl" or not bool(torch.isneginf(t_buckets[..., -1]).all())
+        lse = torch.logsumexp(s_scaled, dim=-1, keepdim=True)
+        s_buckets = student_buckets_from_logits(s_scaled, t.ids, need_tail=need_tail, lse=lse)
+        per_pos = div(t_buckets, s_buckets)
+        s_logp = None
     else:
+        s_logp = torch.log_softmax(s_scaled, dim=-1)
         per_pos = div(t, s_logp)
     zero = torch.zeros((), dtype=per_pos.dtype, device=per_pos.device)
     soft_sum = torch.where(valid, per_pos, zero).sum()
 
     if labels is not None and compute_hard and kd_temperature == 1.0:
-        # T = 1: the student log-probs are already those of the hard term
-        picked = s_logp.gather(-1, labels.clamp_min(0).long().unsqueeze(-1)).squeeze(-1)
+        # T = 1: the student log-probs are already at hand (dense) or one gather away (sparse)
+        index = labels.clamp_min(0).long().unsqueeze(-1)
+        if s_logp is not None:
+            picked = s_logp.gather(-1, index).squeeze(-1)
+        else:
+            picked = (s_scaled.gather(-1, index) - lse).squeeze(-1)
         hard_sum = -torch.where(valid, picked, zero).sum()
     elif labels is not None and compute_hard:
         hard_sum = F.cross_entropy(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kdistill.signals import SparseSignal
+from kdistill.signals import SparseSignal, fp32_or_wider
 
 
 def kept_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -28,10 +28,33 @@ def teacher_buckets(signal: SparseSignal) -> torch.Tensor:
     to ``-inf`` (a stored tail of rounding noise must not meet an empty student tail).
     """
     valid = signal.ids >= 0
-    kept = torch.where(valid, signal.logprobs.float(), float("-inf"))
+    kept = torch.where(valid, fp32_or_wider(signal.logprobs), float("-inf"))
     covers_all = valid.sum(-1) >= signal.vocab_size
-    tail = torch.where(covers_all, float("-inf"), signal.log_tail.float())
+    tail = torch.where(covers_all, float("-inf"), fp32_or_wider(signal.log_tail))
     return torch.cat([kept, tail.unsqueeze(-1)], dim=-1)
+
+
+def student_buckets_from_logits(
+    scaled_logits: torch.Tensor,
+    ids: torch.Tensor,
+    *,
+    need_tail: bool = True,
+    lse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Like :func:`student_buckets` but from tempered logits ``(..., V)``, without ever
+    materialising the full ``(..., V)`` log-softmax: kept log-probs are
+    ``z_i - logsumexp(z)``. With ``need_tail=False`` (forward KL against a tail-less teacher,
+    e.g. sampled targets) the tail is a constant 0 whose contribution the divergence masks
+    out, saving two passes over the vocabulary.
+    """
+    if lse is None:
+        lse = torch.logsumexp(scaled_logits, dim=-1, keepdim=True)
+    valid = ids >= 0
+    gathered = scaled_logits.gather(-1, ids.clamp_min(0)) - lse
+    kept = torch.where(valid, gathered, float("-inf"))
+    if not need_tail:
+        return torch.cat([kept, torch.zeros_like(lse)], dim=-1)
+    return student_buckets(scaled_logits - lse, ids)
 
 
 def student_buckets(student_logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

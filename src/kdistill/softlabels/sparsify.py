@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kdistill.signals import SparseSignal, log_tail_from_kept
+from kdistill.signals import SparseSignal
 
 
 @dataclass
@@ -78,11 +78,14 @@ def topk_rows(logprobs: torch.Tensor, k: int, top_p: float | None = None) -> Spa
         # keep ids while the mass *before* them is below top_p (always at least one)
         keep = (cum - top_lp.exp()) < top_p
     lengths = keep.sum(-1)
-    kept_lp = torch.where(keep, top_lp, float("-inf"))
     if k == vocab and top_p is None:
         log_tail = torch.full(lengths.shape, float("-inf"))
     else:
-        log_tail = log_tail_from_kept(kept_lp)
+        # the exact tail: logsumexp over every id not kept (never 1 - sum, which rounds to 0)
+        kept_ids = torch.where(keep, top_ids, torch.full_like(top_ids, vocab))
+        mask = torch.zeros(lp.shape[0], vocab + 1, dtype=torch.bool)
+        mask.scatter_(-1, kept_ids, True)
+        log_tail = torch.logsumexp(lp.masked_fill(mask[:, :vocab], float("-inf")), dim=-1)
     return SparseRows(lengths.long(), top_ids[keep], top_lp[keep], log_tail)
 
 

@@ -1,0 +1,191 @@
+"""`kdistill generate`: teacher generations, exactly once, filtered, ready for training."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from kdistill.config.schema import RunConfig
+from kdistill.data.filters import (
+    apply_filters,
+    best_of_n_filter,
+    dedup_filter,
+    length_filter,
+    make_answer_checker,
+    verifier_filter,
+)
+from kdistill.data.generations import GenerationStore, load_prompts
+
+console = Console()
+
+
+def _params(g) -> dict:
+    return {
+        "sampling_temperature": g.sampling_temperature,
+        "top_p": g.top_p,
+        "max_tokens": g.max_tokens,
+        "stop": g.stop,
+        "system_prompt": g.system_prompt,
+        "top_logprobs": g.top_logprobs,
+    }
+
+
+def _record(prompt, sample: int, result: dict, backend: str, model: str) -> dict:
+    return {
+        "prompt_id": prompt.id,
+        "sample": sample,
+        "prompt": prompt.text,
+        "messages": prompt.messages,
+        "reference_answer": prompt.answer,
+        **result,
+        "backend": backend,
+        "model": model,
+    }
+
+
+async def _run_served(cfg: RunConfig, prompts, store: GenerationStore, todo, bar, task) -> int:
+    from kdistill.teachers.served import OpenAICompatibleTeacher
+
+    g = cfg.generate
+    teacher = OpenAICompatibleTeacher(
+        g.base_url,
+        g.model,
+        api_key=os.environ.get(g.api_key_env),
+        mode=g.mode,
+        timeout_s=g.timeout_s,
+        max_retries=g.max_retries,
+        max_concurrency=g.max_concurrency,
+        rate_limit_per_s=g.rate_limit_per_s,
+        backoff_base_s=g.backoff_base_s,
+    )
+    params = _params(g)
+
+    async def one(prompt, sample):
+        result = await teacher.generate(prompt, sample, params)
+        store.add(_record(prompt, sample, result, "openai", g.model))
+        bar.advance(task)
+
+    try:
+        tasks = [asyncio.create_task(one(p, s)) for p, s in todo]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    finally:
+        await teacher.close()
+    return teacher.requests_sent
+
+
+def _run_local(cfg: RunConfig, store: GenerationStore, todo, bar, task) -> int:
+    from kdistill.models.loading import load_causal_lm
+    from kdistill.teachers.local_gen import LocalGenerator
+
+    model, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    gen = LocalGenerator(model, tok)
+    params = _params(cfg.generate)
+    for prompt, sample in todo:
+        store.add(
+            _record(
+                prompt, sample, gen.generate(prompt, sample, params), "local", cfg.teacher.model
+            )
+        )
+        bar.advance(task)
+    return len(todo)
+
+
+def _with_shares(records: list[dict]) -> None:
+    """Normalised sequence probabilities across each prompt's samples."""
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r["prompt_id"], []).append(r)
+    for rs in by.values():
+        lps = [r["logprob"] for r in rs]
+        if any(lp is None for lp in lps):
+            continue
+        m = max(lps)
+        z = sum(math.exp(lp - m) for lp in lps)
+        for r in rs:
+            r["sequence_share"] = math.exp(r["logprob"] - m) / z
+
+
+def _training_record(r: dict) -> dict:
+    msgs = list(r["messages"] or [{"role": "user", "content": r["prompt"]}])
+    return {
+        "messages": [*msgs, {"role": "assistant", "content": r["completion"]}],
+        "prompt_id": r["prompt_id"],
+        "sample": r["sample"],
+    }
+
+
+def _filters(f):
+    out = [length_filter(f.min_chars, f.max_chars)]
+    if f.dedup:
+        out.append(dedup_filter())
+    if f.verify or f.require_think:
+        out.append(
+            verifier_filter(make_answer_checker(f.answer_regex, f.answer_checker), f.require_think)
+        )
+    if f.best_of_n:
+        out.append(best_of_n_filter())
+    return out
+
+
+def _atomic_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def run_generate(cfg: RunConfig) -> dict:
+    g = cfg.generate
+    prompts = load_prompts(g.prompts)
+    out = Path(g.output_dir)
+    store = GenerationStore(out / "generations.jsonl")
+    todo = [(p, s) for p in prompts for s in range(g.n) if (p.id, s) not in store.done]
+    already = len(prompts) * g.n - len(todo)
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("teacher generating", total=len(todo))
+            if g.backend == "openai":
+                sent = asyncio.run(_run_served(cfg, prompts, store, todo, bar, task))
+            else:
+                sent = _run_local(cfg, store, todo, bar, task)
+    finally:
+        store.close()
+    records = sorted(store.records, key=lambda r: (r["prompt_id"], r["sample"]))
+    _with_shares(records)
+    kept, counts = apply_filters([dict(r) for r in records], _filters(g.filters))
+    _atomic_jsonl(out / "kept.jsonl", [_training_record(r) for r in kept])
+    p_tok = sum(r["usage"]["prompt_tokens"] for r in records)
+    c_tok = sum(r["usage"]["completion_tokens"] for r in records)
+    summary = {
+        "prompts": len(prompts),
+        "samples_per_prompt": g.n,
+        "records": len(records),
+        "already_done": already,
+        "generated_now": len(todo),
+        "requests_sent": sent,
+        "prompt_tokens": p_tok,
+        "completion_tokens": c_tok,
+        "cost": p_tok / 1000 * g.cost_per_1k_prompt_tokens
+        + c_tok / 1000 * g.cost_per_1k_completion_tokens,
+        "filters": counts,
+        "kept": len(kept),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(
+        f"{len(records)} generations ({already} already done, {len(todo)} now); "
+        f"kept {len(kept)} after filters -> {out / 'kept.jsonl'}"
+    )
+    for c in counts:
+        console.print(f"  {c['filter']:10s} kept {c['kept']:5d}  dropped {c['dropped']:5d}")
+    return summary
