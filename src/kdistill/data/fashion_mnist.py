@@ -1,0 +1,70 @@
+"""Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (gzip IDX files)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (magic 0x0000 08 NDIM, big-endian dims, uint8 data)."""
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ValueError(f"{path.name}: not a uint8 IDX file")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_split(split: str, root: Path = ROOT, limit: int | None = None, seed: int = 0):
+    """(images float (N,1,28,28) in [0,1], labels int64 (N,)) for ``train`` or ``test``."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    img_path = root / f"{prefix}-images-idx3-ubyte.gz"
+    if not img_path.is_file():
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {root}; install it with "
+            "`apt-get install dataset-fashion-mnist`"
+        )
+    images = torch.from_numpy(read_idx(img_path).copy()).float().div_(255).unsqueeze(1)
+    labels = torch.from_numpy(read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
+    if limit is not None and limit < len(labels):
+        idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit]
+        images, labels = images[idx], labels[idx]
+    return images, labels
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+
+
+def collate_images(items: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "labels": torch.stack([it["labels"] for it in items]),
+    }

@@ -1,0 +1,104 @@
+"""Small image classifiers (teacher CNN, student MLP), saved as safetensors + JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CNNClassifier(nn.Module):
+    def __init__(self, channels: list[int] = (32, 64), n_classes: int = 10):
+        super().__init__()
+        layers, c_in = [], 1
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        side = 28 // (2 ** len(channels))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c_in * side * side, 128), nn.ReLU(), nn.Linear(128, n_classes)
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> logits (B, n_classes)."""
+        return self.head(self.features(pixel_values))
+
+
+class MLPClassifier(nn.Module):
+    def __init__(self, hidden: list[int] = (256,), n_classes: int = 10):
+        super().__init__()
+        dims, layers = [28 * 28, *hidden], [nn.Flatten()]
+        for a, b in zip(dims, dims[1:]):  # noqa: RUF007
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> logits (B, n_classes)."""
+        return self.net(pixel_values)
+
+
+ARCHS = {"cnn": CNNClassifier, "mlp": MLPClassifier}
+
+
+def build_classifier(arch: str, *, channels=None, hidden=None, n_classes: int = 10):
+    if arch == "cnn":
+        return CNNClassifier(list(channels or [32, 64]), n_classes)
+    if arch == "mlp":
+        return MLPClassifier(list(hidden or [256]), n_classes)
+    raise ValueError(f"unknown classifier {arch!r}: use cnn, mlp, or a trained model folder")
+
+
+def save_classifier(model: nn.Module, spec: dict, folder: Path) -> Path:
+    """Atomically write ``folder`` with model.safetensors + classifier.json (+ done marker)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=folder.parent))
+    try:
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            str(tmp / "model.safetensors"),
+        )
+        (tmp / "classifier.json").write_text(json.dumps(spec))
+        (tmp / "kdistill-done").write_text("complete\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
+    folder = Path(path)
+    if (folder / "model" / "classifier.json").is_file():
+        folder = folder / "model"
+    if not (folder / "classifier.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: not a trained classifier folder (no classifier.json); train one with "
+            "kdistill train-teacher"
+        )
+    spec = json.loads((folder / "classifier.json").read_text())
+    model = build_classifier(
+        spec["arch"],
+        channels=spec.get("channels"),
+        hidden=spec.get("hidden"),
+        n_classes=spec.get("n_classes", 10),
+    )
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model, spec
+
+
+def classifier_from_spec(model: str, channels, hidden) -> tuple[nn.Module, dict]:
+    """A fresh ``cnn``/``mlp`` or a trained folder."""
+    if model in ARCHS:
+        spec = {"arch": model, "channels": list(channels), "hidden": list(hidden), "n_classes": 10}
+        return build_classifier(model, channels=channels, hidden=hidden), spec
+    return load_classifier(model)
