@@ -151,6 +151,26 @@ def generate(config: ConfigArg, overrides: OverridesArg = None):
 
 
 @app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="results.json file(s) from demo/eval")],
+    logs: Annotated[
+        list[Path] | None, typer.Option("--logs", help="run folder(s) with kd_log.jsonl")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: beside the first results file)")
+    ] = None,
+):
+    """Render a self-contained HTML report card (+ Markdown) from results JSON files."""
+    from kdistill.report import render_report
+
+    for p in results:
+        if not p.is_file():
+            raise FileNotFoundError(f"results file {str(p)!r} not found")
+    html_path, md_path = render_report(results, out or results[0].parent, logs)
+    typer.echo(f"report: {html_path} and {md_path}")
+
+
+@app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where runs and results.json go")] = Path(
         "runs/demo"

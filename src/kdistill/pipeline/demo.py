@@ -82,7 +82,7 @@ def run_demo(
     from kdistill.config import builders
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
-    from kdistill.models.loading import load_causal_lm
+    from kdistill.models.loading import load_causal_lm, resolve_model_path
     from kdistill.pipeline.distill_lm import run_distill_lm
 
     out = Path(output_dir)
@@ -110,7 +110,11 @@ def run_demo(
         held,
         CausalCollator(tok.pad_token_id),
         vocab_size=len(tok),
-        model_dirs={"teacher": None, "student": s_dir / "model", "baseline": b_dir / "model"},
+        model_dirs={
+            "teacher": resolve_model_path(s_cfg.teacher.model)[0],
+            "student": s_dir / "model",
+            "baseline": b_dir / "model",
+        },
     )
     timings["eval_seconds"] = time.perf_counter() - t2
     timings["total_seconds"] = time.perf_counter() - t0
@@ -130,5 +134,9 @@ def run_demo(
         f"{results['baseline']['perplexity']:.2f}"
         f" -> teacher {'helped' if d['teacher_helped'] else 'did NOT help'}"
     )
+    from kdistill.report import render_report
+
+    html_path, md_path = render_report([out / "results.json"], out)
     console.print(f"results: {out / 'results.json'}  ({timings['total_seconds']:.0f} s)")
+    console.print(f"report:  {html_path}  (and {md_path.name})")
     return out / "results.json"
