@@ -130,6 +130,12 @@ class TrainingSpec(Strict):
     bf16: bool = Field(False, description="bf16 autocast (GPU/CPU with bf16 support)")
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    loss_chunk_size: int | None = Field(
+        1024,
+        ge=1,
+        description="causal LMs: build logits this many positions at a time "
+        "(memory-bounded KD loss); null = full-logit loss",
+    )
     extra: dict = Field(default_factory=dict, description="passed to TrainingArguments as is")
 
 

@@ -14,6 +14,7 @@ head (projected chunk by chunk under ``no_grad``), or a :class:`SparseSignal`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kdistill.losses.objective import KDSums, check_weights, kd_sums
 from kdistill.signals import DenseSignal, SparseSignal, fp32_or_wider
@@ -78,23 +79,34 @@ class _ChunkedKD(torch.autograd.Function):
             labels = None if box["labels"] is None else box["labels"][sl]
             if labels is not None and not bool((labels != opts["ignore_index"]).any()):
                 continue  # an all-masked chunk contributes exactly 0
-            t_chunk = _teacher_chunk(
-                teacher, sl, box["t_weight"], box["t_bias"], opts["logit_scale"], opts["softcap"]
-            )
             with torch.enable_grad():
                 h = hidden[sl].detach().to(acc_dtype).requires_grad_(True)
                 logits = _project(h, w, b, opts["logit_scale"], opts["softcap"])
-                sums = kd_sums(
-                    logits,
-                    t_chunk,
-                    labels,
-                    kd_temperature=opts["t"],
-                    divergence=opts["divergence"],
-                    beta=opts["beta"],
-                    skew_alpha=opts["skew_alpha"],
-                    ignore_index=opts["ignore_index"],
-                    compute_hard=opts["hard_w"] != 0 and labels is not None,
-                )
+                if teacher is None:  # no teacher: the hard term only (the baseline)
+                    ce = F.cross_entropy(
+                        logits, labels, ignore_index=opts["ignore_index"], reduction="sum"
+                    )
+                    sums = KDSums(0.0 * ce, ce, (labels != opts["ignore_index"]).sum())
+                else:
+                    t_chunk = _teacher_chunk(
+                        teacher,
+                        sl,
+                        box["t_weight"],
+                        box["t_bias"],
+                        opts["logit_scale"],
+                        opts["softcap"],
+                    )
+                    sums = kd_sums(
+                        logits,
+                        t_chunk,
+                        labels,
+                        kd_temperature=opts["t"],
+                        divergence=opts["divergence"],
+                        beta=opts["beta"],
+                        skew_alpha=opts["skew_alpha"],
+                        ignore_index=opts["ignore_index"],
+                        compute_hard=opts["hard_w"] != 0 and labels is not None,
+                    )
                 part = opts["soft_w"] * opts["t2"] * sums.soft_sum + opts["hard_w"] * sums.hard_sum
                 inputs = (h, w) if b is None else (h, w, b)
                 grads = torch.autograd.grad(part, inputs)
@@ -194,6 +206,8 @@ def chunked_kd_loss(
         "logit_scale": logit_scale,
         "softcap": softcap,
     }
+    if teacher is None and labels is None:
+        raise ValueError("chunked_kd_loss: without a teacher, labels are required (hard term)")
     is_tensor = isinstance(teacher, torch.Tensor)
     box = {
         "opts": opts,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 BUNDLED = {
@@ -55,16 +53,12 @@ def materialise_bundled(name: str) -> Path:
     gguf = bundled_gguf_path(name)
     model, tokenizer = load_gguf(gguf)
     plain = to_plain_model(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    from kdistill.models.storage import write_folder_atomically
+
+    def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "kdistill-complete").write_text(f"converted from {gguf.name}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return write_folder_atomically(
+        target, fill, "kdistill-complete", f"converted from {gguf.name}\n"
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -58,22 +55,14 @@ def build_classifier(arch: str, *, channels=None, hidden=None, n_classes: int = 
 
 def save_classifier(model: nn.Module, spec: dict, folder: Path) -> Path:
     """Atomically write ``folder`` with model.safetensors + classifier.json (+ done marker)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=folder.parent))
-    try:
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()},
-            str(tmp / "model.safetensors"),
-        )
+    from kdistill.models.storage import write_folder_atomically
+
+    def fill(tmp: Path) -> None:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
         (tmp / "classifier.json").write_text(json.dumps(spec))
-        (tmp / "kdistill-done").write_text("complete\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return write_folder_atomically(folder, fill, "kdistill-done")
 
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:

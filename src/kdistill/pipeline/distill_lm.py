@@ -102,6 +102,7 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
         data_collator=collator,
         teacher=teacher,
         signal_temperature=signal_temperature,
+        loss_chunk_size=cfg.training.loss_chunk_size,
         schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
         vocab_size=vocab,
         log_path=run_dir / "kd_log.jsonl",

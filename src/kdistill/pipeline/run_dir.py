@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -44,17 +42,11 @@ def is_done(run_dir: Path) -> bool:
 
 def save_final_model(model, tokenizer, run_dir: Path) -> Path:
     """Write ``run_dir/model`` atomically: a temp folder renamed into place when complete."""
-    target = run_dir / FINAL
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
-    try:
+    from kdistill.models.storage import write_folder_atomically
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / DONE).write_text("complete\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return write_folder_atomically(run_dir / FINAL, fill, DONE)

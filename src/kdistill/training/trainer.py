@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from kdistill.losses.chunked import chunked_kd_loss
 from kdistill.losses.objective import combine
 from kdistill.signals import SparseSignal
 from kdistill.training.step import (
@@ -110,6 +111,7 @@ class KDTrainer(Trainer):
         vocab_size: int | None = None,
         log_path: Path | None = None,
         signal_temperature: float = 1.0,
+        loss_chunk_size: int | None = None,
         **kwargs,
     ):
         self.kd_meter = KDMeter()
@@ -130,6 +132,7 @@ class KDTrainer(Trainer):
         self.scale_by_t2 = scale_by_t2
         self.kd_vocab_size = vocab_size
         self.signal_temperature = signal_temperature
+        self.loss_chunk_size = loss_chunk_size
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -142,6 +145,10 @@ class KDTrainer(Trainer):
         ]
         step = self.state.global_step
         knobs = self.schedules.at(step, max(self.state.max_steps, 1))
+        if self.loss_chunk_size and _supports_chunking(self.accelerator.unwrap_model(model)):
+            return self._chunked_loss(
+                model, inputs, labels, stored, knobs, step, num_items_in_batch, return_outputs
+            )
         outputs = model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         teacher_logits = None
@@ -177,10 +184,75 @@ class KDTrainer(Trainer):
             scale_by_t2=self.scale_by_t2,
             num_items=num_items_in_batch,
         )
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+        loss = self._finish(model, loss, sums, knobs, inputs, labels, num_items_in_batch, step)
+        return (loss, outputs) if return_outputs else loss
+
+    def _chunked_loss(self, model, inputs, labels, stored, knobs, step, num_items, return_outputs):
+        """Same objective, but student (and teacher) logits are made chunk by chunk from
+        final hidden states and the output head: no (tokens x V) tensor is ever held."""
+        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        hidden = outputs.hidden_states[-1]
+        flat_h = hidden.reshape(-1, hidden.shape[-1])
+        core = self.accelerator.unwrap_model(model)
+        vocab = self.kd_vocab_size or core.get_output_embeddings().weight.shape[0]
+        head = core.get_output_embeddings()
+        weight = head.weight[:vocab]
+        bias = None if getattr(head, "bias", None) is None else head.bias[:vocab]
+        cap = getattr(core.config, "final_logit_softcapping", None)
+        scale = getattr(core.config, "logit_scale", None)
+        teacher, t_weight, t_bias = None, None, None
+        if stored[0] is not None and knobs.soft_weight > 0:
+            k = stored[0].shape[-1]
+            teacher = SparseSignal(
+                stored[0].reshape(-1, k),
+                stored[1].float().reshape(-1, k),
+                stored[2].float().reshape(-1),
+                vocab,
+                self.signal_temperature,
+            )
+        elif self.teacher is not None and knobs.soft_weight > 0:
+            with torch.no_grad():
+                t_out = self.teacher(**inputs, output_hidden_states=True, logits_to_keep=1)
+            t_hidden = t_out.hidden_states[-1]
+            if not bool(torch.isfinite(t_hidden).all()):
+                check_teacher_finite(torch.tensor([float("nan")]), step)
+            teacher = t_hidden.reshape(-1, t_hidden.shape[-1])
+            t_head = self.teacher.get_output_embeddings()
+            t_weight = t_head.weight[:vocab]
+            t_bias = None if getattr(t_head, "bias", None) is None else t_head.bias[:vocab]
+        flat_labels = labels.reshape(-1)
+        loss, sums = chunked_kd_loss(
+            flat_h,
+            weight,
+            teacher,
+            flat_labels,
+            kd_temperature=knobs.kd_temperature,
+            soft_weight=knobs.soft_weight if teacher is not None else 0.0,
+            hard_weight=knobs.hard_weight,
+            divergence=self.divergence,
+            beta=knobs.beta,
+            skew_alpha=self.skew_alpha,
+            scale_by_t2=self.scale_by_t2,
+            num_items=num_items,
+            chunk_size=self.loss_chunk_size,
+            head_bias=bias,
+            logit_scale=scale,
+            softcap=cap,
+            teacher_head_weight=t_weight,
+            teacher_head_bias=t_bias,
+        )
+        loss = self._finish(model, loss, sums, knobs, inputs, labels, num_items, step)
+        return (loss, outputs) if return_outputs else loss
+
+    def _finish(self, model, loss, sums, knobs, inputs, labels, num_items, step):
+        if num_items is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over ranks; num_items is global, so undo that average
             loss = loss * self.accelerator.num_processes
         check_loss_finite(loss, step)
+        self._record(model, sums, knobs, inputs, labels)
+        return loss
+
+    def _record(self, model, sums, knobs, inputs, labels) -> None:
         if model.training:
             n_tok = (
                 int(inputs["attention_mask"].sum())
@@ -188,4 +260,15 @@ class KDTrainer(Trainer):
                 else labels.numel()
             )
             self.kd_meter.update(sums, knobs, n_tok)
-        return (loss, outputs) if return_outputs else loss
+
+
+def _supports_chunking(model) -> bool:
+    """Causal LMs whose forward takes ``logits_to_keep`` and that expose an output head."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    return "logits_to_keep" in params and head is not None and hasattr(head, "weight")
