@@ -123,7 +123,9 @@ class SparseSignal:
         if k == vocab:
             log_tail = torch.full(top_lp.shape[:-1], NEG_INF, dtype=top_lp.dtype)
         else:
-            log_tail = log_tail_from_kept(top_lp)
+            # exact: logsumexp over the dropped ids (1 - sum(kept) rounds to 0 when peaky)
+            dropped = lp.scatter(-1, top_ids, NEG_INF)
+            log_tail = torch.logsumexp(dropped, dim=-1)
         return cls(top_ids, top_lp, log_tail.to(top_lp.device), vocab, float(temperature))
 
     @classmethod
@@ -136,7 +138,8 @@ class SparseSignal:
     def to_dense(self) -> torch.Tensor:
         """Dense log-probs ``(..., V)``; the tail is spread uniformly over the ids not kept."""
         valid = self.ids >= 0
-        n_tail = (self.vocab_size - valid.sum(-1)).clamp_min(1).float()
+        dtype = fp32_or_wider(self.logprobs).dtype
+        n_tail = (self.vocab_size - valid.sum(-1)).clamp_min(1).to(dtype)
         tail_each = fp32_or_wider(self.log_tail) - torch.log(n_tail)
         shape = (*self.ids.shape[:-1], self.vocab_size + 1)
         out = tail_each.unsqueeze(-1).expand(shape).clone()
@@ -157,7 +160,7 @@ class SparseSignal:
             return self
         a = self.made_at_temperature / temperature
         valid = self.ids >= 0
-        n_tail = (self.vocab_size - valid.sum(-1)).float()
+        n_tail = (self.vocab_size - valid.sum(-1)).to(fp32_or_wider(self.logprobs).dtype)
         kept = fp32_or_wider(self.logprobs) * a
         has_tail = (n_tail > 0) & torch.isfinite(self.log_tail)
         safe_n = n_tail.clamp_min(1.0)

@@ -73,7 +73,7 @@ def _skewed(p_logp, q_logp, alpha: float) -> torch.Tensor:
     """KL(P || alpha P + (1 - alpha) Q)."""
     p, q, skip = _sanitize(p_logp, q_logp)
     if alpha == 1.0:
-        return torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device) + 0.0 * p.sum(-1)
+        return _kl(p, p, skip)  # KL(P || P) = 0, with a zero (never NaN) gradient
     if alpha == 0.0:
         return _kl(p, q, skip)
     return _kl(p, _mixture_logp(p, q, alpha), skip)

@@ -78,6 +78,11 @@ def _teacher_logp(teacher, kd_temperature: float) -> torch.Tensor | SparseSignal
 
 
 def _check_shapes(student_logits: torch.Tensor, teacher, labels) -> None:
+    if not isinstance(teacher, (torch.Tensor, DenseSignal, SparseSignal)):
+        raise ValueError(
+            f"teacher must be logits (torch.Tensor), DenseSignal or SparseSignal, got "
+            f"{type(teacher).__name__}"
+        )
     if isinstance(teacher, torch.Tensor):
         t_shape, t_vocab = tuple(teacher.shape[:-1]), teacher.shape[-1]
     elif isinstance(teacher, DenseSignal):
@@ -153,7 +158,8 @@ def kd_sums(
 
     if labels is not None and compute_hard and kd_temperature == 1.0:
         # T = 1: the student log-probs are already at hand (dense) or one gather away (sparse)
-        index = labels.clamp_min(0).long().unsqueeze(-1)
+        # masked positions may hold any id (even >= V): gather at 0 there, then mask
+        index = torch.where(valid, labels, torch.zeros_like(labels)).long().unsqueeze(-1)
         if s_logp is not None:
             picked = s_logp.gather(-1, index).squeeze(-1)
         else:

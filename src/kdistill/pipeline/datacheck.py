@@ -10,9 +10,13 @@ teacher's point of view:
 * ``embedding_cosine_distance``: 1 - cosine similarity of the mean teacher last-layer
   hidden state over each sample's blocks.
 
-Thresholds (documented, conservative; measured on KJV held-out vs train = match and Python
-docs vs KJV = mismatch): mismatch when perplexity_ratio > 1.5, or unigram_jsd_bits > 0.25,
-or embedding_cosine_distance > 0.05.
+Thresholds, from measurements with the bundled SmolLM2-135M teacher on 2,048-token samples
+(KJV train vs KJV held-out = match: ratio 1.07, JSD 0.10 bits, cosine distance 0.010;
+KJV train vs Python docs = mismatch: ratio 0.85, JSD 0.24 bits, cosine distance 0.61):
+mismatch when perplexity_ratio > 1.5, or unigram_jsd_bits > 0.18, or
+embedding_cosine_distance > 0.1. Note the perplexity ratio only catches production text that
+*surprises* the teacher: a teacher may well find off-domain text easy (it found the Python
+docs easier than the Bible), which is why the token and embedding scores are there.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from kdistill.eval import metrics
 
-THRESHOLDS = {"perplexity_ratio": 1.5, "unigram_jsd_bits": 0.25, "embedding_cosine_distance": 0.05}
+THRESHOLDS = {"perplexity_ratio": 1.5, "unigram_jsd_bits": 0.18, "embedding_cosine_distance": 0.1}
 
 
 def pydoc_texts() -> list[str]:
@@ -50,8 +54,13 @@ def load_texts(source: str) -> list[str]:
 @torch.no_grad()
 def profile(model, tok, texts: list[str], max_tokens: int = 2048, block: int = 256) -> dict:
     """Teacher NLL, token counts and mean hidden state over up to ``max_tokens`` tokens."""
+    import random
+
     from kdistill.data.lm import pack_texts
 
+    # a spread-out sample, not the first pages: shuffle records deterministically
+    texts = list(texts)
+    random.Random(0).shuffle(texts)
     blocks = pack_texts(tok, texts, block, max_tokens)
     nll, count = 0.0, 0
     hidden_sum = None
