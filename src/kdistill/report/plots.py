@@ -1,116 +1,171 @@
-"""Matplotlib figures for the report, returned as PNG bytes (Agg backend, no display)."""
+"""Matplotlib figures for the report, each returned as PNG bytes.
+
+Figures are drawn on an explicit Agg canvas (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``),
+never through pyplot, so rendering a report neither needs a display nor changes the backend
+or global figure state of the process that calls it.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "baseline": "#8c8c8c"}
+LINESTYLES = ("-", "--", ":", "-.")  # per run, so identical curves stay visible
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+# log-axis minor ticks: label 2x, 3x, 5x only, in plain numbers (not 6x10^1)
+SPARSE = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else "")
+OTHER = ("#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#ccb974", "#64b5cd")
 
 
-def _png(fig) -> bytes:
+def color(name: str, i: int = 0) -> str:
+    return COLORS.get(name, OTHER[i % len(OTHER)])
+
+
+def _figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
 
 
-def retention_bars(retention: dict[str, float], quality_name: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(5, 3))
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows where ``key`` is a finite number."""
+    xs, ys = [], []
+    for i, r in enumerate(rows):
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(r.get("step", i))
+            ys.append(float(v))
+    return xs, ys
+
+
+def retention_bars(retention: dict[str, float], definition: str) -> bytes:
+    fig = _figure(5, 3.2)
+    ax = fig.subplots()
     names = list(retention)
     vals = [100 * retention[n] for n in names]
-    bars = ax.bar(names, vals, color=[COLORS.get(n, "#55a868") for n in names])
+    bars = ax.bar(names, vals, color=[color(n, i) for i, n in enumerate(names)])
     ax.axhline(100, color=COLORS["teacher"], ls="--", lw=1, label="teacher = 100%")
-    for b, v in zip(bars, vals, strict=True):
+    for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}%", ha="center", va="bottom")
-    ax.set_ylabel(f"quality retained (%, {quality_name})")
+    ax.set_ylabel("quality retained (%)")
     ax.set_ylim(0, max(105, max(vals) * 1.15))
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Quality retained vs the teacher")
+    ax.set_title(f"Quality retained vs the teacher\n({definition})", fontsize=10)
+    _legend(ax, loc="upper right", fontsize=8)
     return _png(fig)
 
 
 def size_quality_scatter(
-    points: dict[str, tuple[float, float]], quality_name: str, log_y: bool
+    points: dict[str, tuple[float, float]], quality_name: str, log_x: bool, log_y: bool
 ) -> bytes:
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig = _figure(5, 3.4)
+    ax = fig.subplots()
     for i, (name, (params, q)) in enumerate(points.items()):
-        ax.scatter(params / 1e6, q, s=80, color=COLORS.get(name, "#55a868"), label=name)
-        # alternate label offsets so same-size models (student, baseline) stay readable
-        ax.annotate(
-            name, (params / 1e6, q), textcoords="offset points", xytext=(8, 6 if i % 2 else -12)
-        )
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel(quality_name)
-    if log_y:
-        ax.set_yscale("log")
+        ax.scatter(params / 1e6, q, s=80, color=color(name, i), label=name, zorder=3)
+        # models of (nearly) the same size: label the higher point above, the lower below
+        near = [v for p, v in points.values() if abs(p - params) <= 0.05 * params]
+        rank = sorted(near).index(q)
+        dy = 0 if len(near) == 1 else (8 if rank == len(near) - 1 else -14 if rank == 0 else -3)
+        ax.annotate(name, (params / 1e6, q), textcoords="offset points", xytext=(9, dy))
+    ax.set_xlabel("parameters (M)" + (", log scale" if log_x else ""))
+    ax.set_ylabel(quality_name + (", log scale" if log_y else ""))
+    for on, axis, set_scale in ((log_x, ax.xaxis, ax.set_xscale), (log_y, ax.yaxis, ax.set_yscale)):
+        if on:
+            set_scale("log")
+            axis.set_major_formatter(PLAIN)
+            axis.set_minor_formatter(SPARSE)
+    ax.margins(x=0.25, y=0.15)
     ax.set_title("Size vs quality")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     return _png(fig)
 
 
 def training_curves(logs: dict[str, list[dict]]) -> bytes:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for name, rows in logs.items():
-        steps = [r["step"] for r in rows]
-        c = COLORS.get(name)
-        axes[0].plot(steps, [r.get("loss") for r in rows], label=name, color=c)
-        axes[1].plot(steps, [r.get("soft_loss") for r in rows], label=name, color=c)
-        axes[2].plot(steps, [r.get("hard_loss") for r in rows], label=name, color=c)
-    for ax, title in zip(
-        axes, ("total loss", "soft loss (D per target)", "hard loss (CE)"), strict=True
-    ):
+    fig = _figure(12, 3.3)
+    axes = fig.subplots(1, 3)
+    titles = {"loss": "total loss", "soft_loss": "soft loss", "hard_loss": "hard loss (CE)"}
+    for ax, (key, title) in zip(axes, titles.items()):
+        for i, (name, rows) in enumerate(logs.items()):
+            xs, ys = _series(rows, key)
+            if xs:
+                ls = LINESTYLES[i % len(LINESTYLES)]
+                ax.plot(xs, ys, label=name, color=color(name, i), ls=ls, lw=1.8)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     return _png(fig)
 
 
 def schedules(logs: dict[str, list[dict]]) -> bytes:
-    fig, ax = plt.subplots(figsize=(8, 3))
-    for name, rows in logs.items():
-        steps = [r["step"] for r in rows]
-        for key, ls in (("kd_temperature", "-"), ("soft_weight", "--"), ("hard_weight", ":")):
-            if any(key in r for r in rows):
-                ax.plot(
-                    steps,
-                    [r.get(key) for r in rows],
-                    ls=ls,
-                    label=f"{name}: {key}",
-                    color=COLORS.get(name),
-                )
-    ax.set_xlabel("step")
-    ax.set_title("Temperature and weight schedules")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig = _figure(12, 3.0)
+    axes = fig.subplots(1, 3)
+    keys = ("kd_temperature", "soft_weight", "hard_weight")
+    for ax, key in zip(axes, keys):
+        for i, (name, rows) in enumerate(logs.items()):
+            xs, ys = _series(rows, key)
+            if xs:
+                ls = LINESTYLES[i % len(LINESTYLES)]
+                ax.plot(xs, ys, label=name, color=color(name, i), ls=ls, lw=1.8)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=8)
     return _png(fig)
 
 
-def reliability(bins_by_model: dict[str, dict]) -> bytes:
+def reliability(bins_by_model: dict[str, dict], ece: dict[str, float | None]) -> bytes:
+    """Per-model accuracy (bars) and mean confidence (dots) per confidence bin; empty bins
+    are left blank rather than drawn as accuracy 0."""
     n = len(bins_by_model)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
-    for ax, (name, b) in zip(axes[0], bins_by_model.items(), strict=True):
+    fig = _figure(3.4 * n, 3.3)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for i, (ax, (name, b)) in enumerate(zip(axes, bins_by_model.items())):
         k = len(b["counts"])
-        centers = [(i + 0.5) / k for i in range(k)]
-        acc = [c / n_ if n_ else 0 for c, n_ in zip(b["correct_sums"], b["counts"], strict=True)]
-        ax.bar(
-            centers,
-            acc,
-            width=1 / k,
-            color=COLORS.get(name, "#55a868"),
-            alpha=0.8,
-            edgecolor="white",
-        )
+        full = [j for j in range(k) if b["counts"][j]]
+        centers = [(j + 0.5) / k for j in full]
+        acc = [b["correct_sums"][j] / b["counts"][j] for j in full]
+        conf = [b["conf_sums"][j] / b["counts"][j] for j in full]
+        ax.bar(centers, acc, width=1 / k, color=color(name, i), alpha=0.8, edgecolor="white")
+        ax.plot(conf, acc, "k.", ms=4, label="mean confidence")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{name}: reliability")
-        ax.set_xlabel("confidence")
+        e = ece.get(name)
+        ax.set_title(f"{name}" + (f" (ECE {e:.3f})" if e is not None else ""), fontsize=10)
+        ax.set_xlabel("confidence (top-1)")
         ax.set_ylabel("accuracy")
+    return _png(fig)
+
+
+def per_class_accuracy(per_class: dict[str, dict[str, float]]) -> bytes:
+    classes = list(next(iter(per_class.values())))
+    fig = _figure(max(5, 0.6 * len(classes) * len(per_class)), 3.2)
+    ax = fig.subplots()
+    width = 0.8 / len(per_class)
+    for i, (name, accs) in enumerate(per_class.items()):
+        xs = [c + (i - (len(per_class) - 1) / 2) * width for c in range(len(classes))]
+        ax.bar(xs, [accs.get(c, 0.0) for c in classes], width, label=name, color=color(name, i))
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Per-class accuracy")
+    _legend(ax, fontsize=8, loc="lower right")
     return _png(fig)

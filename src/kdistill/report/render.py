@@ -1,131 +1,281 @@
-"""Render results JSON files into ``report.html`` (self-contained) and ``report.md``."""
+"""Render results JSON files into ``report.html`` (self-contained) and ``report.md``.
+
+Reads files only (results JSON, ``kd_log.jsonl``); imports no torch and no model code. Every
+optional field may be missing: the table shows "-", and a plot without data is left out.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+import math
 import os
 from pathlib import Path
 
 from kdistill.report import plots
 
 ORDER = ("teacher", "student", "baseline")
+META_KEYS = ("derived", "timings")
+MODEL_KEYS = ("perplexity", "accuracy", "params", "nll", "kl_to_teacher", "top1_agreement")
 
 
-def _load_results(paths: list[Path]) -> dict[str, dict]:
+def _num(v) -> float | None:
+    """A finite number, else None (missing, null, NaN, a string...)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def load_results(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Path], dict]:
+    """(models in display order, the file each model came from, {"derived", "timings"} of the
+    file that holds the student). A name repeated in a later file with different numbers is
+    kept as ``name (folder)`` so no measurement silently replaces another."""
     models: dict[str, dict] = {}
-    extra: dict = {}
-    for p in paths:
-        data = json.loads(Path(p).read_text())
-        for k, v in data.items():
-            if isinstance(v, dict) and ("perplexity" in v or "accuracy" in v):
-                models[k] = v
-            elif isinstance(v, dict):
-                extra.setdefault(k, {}).update(v)
-    if "teacher" not in models:
-        raise ValueError("results: no 'teacher' entry; pass the results.json of a demo/eval run")
+    sources: dict[str, Path] = {}
+    meta_by_file: dict[Path, dict] = {}
+    for p in map(Path, paths):
+        data = json.loads(p.read_text(encoding="utf-8"))
+        meta_by_file[p] = {k: data[k] for k in META_KEYS if isinstance(data.get(k), dict)}
+        for name, v in data.items():
+            if name in META_KEYS or not isinstance(v, dict):
+                continue
+            if not any(k in v for k in MODEL_KEYS) or models.get(name) == v:
+                continue
+            key = name if name not in models else f"{name} ({p.parent.name or p.stem})"
+            models[key], sources[key] = v, p
+    if not models:
+        raise ValueError(f"no model results (perplexity / accuracy / params) in {list(paths)}")
     ordered = {k: models[k] for k in ORDER if k in models}
     ordered.update({k: v for k, v in models.items() if k not in ordered})
-    return ordered, extra
+    meta = meta_by_file.get(sources.get("student"), {}) if "student" in sources else {}
+    return ordered, sources, meta
 
 
 def _read_log(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "kd_log.jsonl"
+    path = run_dir / "kd_log.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # e.g. a half-written last line of a killed run
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
-def _fmt(v, spec: str = ".3f") -> str:
-    if v is None:
-        return "-"
-    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+def collect_logs(
+    models: dict, sources: dict[str, Path], logs_dirs: list[Path] | None
+) -> dict[str, list[dict]]:
+    """{label: kd_log rows}. Default: each model's ``run_dir``, tried as written (relative to
+    the working directory), then relative to its results file's folder, then as a sibling."""
+    logs: dict[str, list[dict]] = {}
+    if logs_dirs:  # None or [] (an unused CLI option): each model's own run_dir
+        for d in map(Path, logs_dirs):
+            label = d.name if d.name not in logs else str(d)
+            if rows := _read_log(d):
+                logs[label] = rows
+        return logs
+    for name, r in models.items():
+        if not isinstance(r.get("run_dir"), str):
+            continue
+        run_dir, base = Path(r["run_dir"]), sources[name].parent
+        for d in (run_dir, base / run_dir, base / run_dir.name):
+            if rows := _read_log(d):
+                logs[name] = rows
+                break
+    return logs
 
 
-def _rows(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
-    head = [
-        "model",
-        "params (M)",
-        "size (MB)",
-        "perplexity" if lm else "accuracy",
-        "KL to teacher",
-        "top-1 agreement",
-        "ECE",
-        "tokens/s" if lm else "examples/s",
-        "latency p50 / p95 (ms)",
-    ]
+def ece_of(r: dict) -> float | None:
+    """The stored ECE, else sum_b |correct_b - conf_b| / N from the reliability bins."""
+    if (e := _num(r.get("ece"))) is not None:
+        return e
+    b = _bins(r)
+    total = sum(b["counts"]) if b else 0
+    if not total:
+        return None
+    return sum(abs(a - c) for a, c in zip(b["correct_sums"], b["conf_sums"])) / total
+
+
+def _bins(r: dict) -> dict | None:
+    b = r.get("reliability")
+    keys = ("counts", "conf_sums", "correct_sums")
+    if not isinstance(b, dict) or not all(isinstance(b.get(k), list) for k in keys):
+        return None
+    if len({len(b[k]) for k in keys}) != 1 or not any(b["counts"]):
+        return None
+    return b
+
+
+def _per_class(r: dict) -> dict[str, float] | None:
+    pc = r.get("per_class_accuracy")
+    if isinstance(pc, list):
+        pc = {str(i): v for i, v in enumerate(pc)}
+    if not isinstance(pc, dict):
+        return None
+    return {str(k): _num(v) or 0.0 for k, v in pc.items()}
+
+
+def _speed(r: dict) -> float | None:
+    return _num(r.get("forward_tokens_per_s")) or _num(r.get("examples_per_s"))
+
+
+def _fmt(v, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    v = _num(v)
+    return "-" if v is None else format(v * scale, spec) + suffix
+
+
+def _millions_spec(n) -> str:
+    """134.5 M, 4.21 M, 0.052 M: small classifiers keep their digits."""
+    n = _num(n) or 0.0
+    return ".1f" if n >= 1e7 else ".2f" if n >= 1e6 else ".3f"
+
+
+def table(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
+    head = ["model", "params (M)", "size (MB)", "perplexity" if lm else "accuracy"]
+    head += ["KL to teacher", "top-1 agreement", "ECE", "tokens/s" if lm else "examples/s"]
+    head += ["latency p50 / p95 (ms)"]
     rows = []
     for name, r in models.items():
-        speed = r.get("forward_tokens_per_s") if lm else r.get("examples_per_s")
-        lat = "-"
-        if r.get("latency_p50_s") is not None:
-            lat = f"{1000 * r['latency_p50_s']:.0f} / {1000 * r['latency_p95_s']:.0f}"
-        size = r.get("size_bytes")
+        p50, p95 = (
+            _fmt(r.get("latency_p50_s"), ".0f", 1e3),
+            _fmt(r.get("latency_p95_s"), ".0f", 1e3),
+        )
+        quality = (
+            _fmt(r.get("perplexity"), ".2f") if lm else _fmt(r.get("accuracy"), ".1f", 100, "%")
+        )
         rows.append(
             [
                 name,
-                _fmt(r.get("params", 0) / 1e6, ".1f"),
-                _fmt(size / 1e6 if size else None, ".1f"),
-                _fmt(r.get("perplexity") if lm else r.get("accuracy"), ".2f" if lm else ".3f"),
+                _fmt(r.get("params"), _millions_spec(r.get("params")), 1e-6),
+                _fmt(r.get("size_bytes"), ".1f", 1e-6),
+                quality,
                 _fmt(r.get("kl_to_teacher"), ".3f"),
-                _fmt(100 * r["top1_agreement"], ".1f") + "%" if "top1_agreement" in r else "-",
-                _fmt(r.get("ece"), ".3f"),
-                _fmt(speed, ".0f"),
-                lat,
+                _fmt(r.get("top1_agreement"), ".1f", 100, "%"),
+                _fmt(ece_of(r), ".3f"),
+                _fmt(_speed(r), ".0f"),
+                "-" if p50 == p95 == "-" else f"{p50} / {p95}",
             ]
         )
     return head, rows
 
 
-def retention_of(models: dict, lm: bool) -> dict[str, float]:
-    t = models["teacher"]
+def retention_of(models: dict, lm: bool, derived: dict | None = None) -> dict[str, float]:
+    """Quality retained vs the teacher: teacher_ppl / ppl (LM) or acc / teacher_acc.
+    Values in ``derived`` (written by the demo) win where present."""
+    derived = derived or {}
+    t = models.get("teacher", {})
+    key = "perplexity" if lm else "accuracy"
     out = {}
     for name, r in models.items():
         if name == "teacher":
             continue
-        if lm and r.get("perplexity"):
-            out[name] = t["perplexity"] / r["perplexity"]
-        elif not lm and t.get("accuracy"):
-            out[name] = r["accuracy"] / t["accuracy"]
+        tq, q = _num(t.get(key)), _num(r.get(key))
+        stored = _num(derived.get(f"{name}_ppl_retention" if lm else f"{name}_acc_retention"))
+        if stored is not None:
+            out[name] = stored
+        elif tq and q:
+            out[name] = tq / q if lm else q / tq
     return out
 
 
-def verdict(models: dict, lm: bool) -> str:
-    t, s, b = models["teacher"], models.get("student"), models.get("baseline")
+def _ratio(a, b) -> float | None:
+    a, b = _num(a), _num(b)
+    return a / b if a and b else None
+
+
+def verdict(models: dict, lm: bool, derived: dict | None = None) -> str:
+    """One paragraph in words; says plainly when the teacher did not help."""
+    derived = derived or {}
+    t, s, b = models.get("teacher"), models.get("student"), models.get("baseline")
+    if t is None:
+        return "These results hold no teacher, so quality retention cannot be measured."
     if s is None:
-        return "No student in these results."
-    ret = retention_of(models, lm)
-    size = s["params"] / t["params"]
-    s_speed = s.get("forward_tokens_per_s") or s.get("examples_per_s")
-    t_speed = t.get("forward_tokens_per_s") or t.get("examples_per_s")
-    speed = f" and runs {s_speed / t_speed:.2f} times faster" if s_speed and t_speed else ""
-    text = (
-        f"The student keeps {100 * ret['student']:.1f}% of the teacher's quality "
-        f"({'perplexity' if lm else 'accuracy'}) at {100 * size:.0f}% of its size{speed}."
+        return "These results hold no student, so there is no distillation to judge."
+    key = "perplexity" if lm else "accuracy"
+    ret = retention_of(models, lm, derived).get("student")
+    text = "The student " + (
+        f"keeps {100 * ret:.1f}% of the teacher's quality ({key})"
+        if ret is not None
+        else f"has no {key} to compare with the teacher's"
     )
-    if b is not None:
-        key = "perplexity" if lm else "accuracy"
-        sv, bv = s[key], b[key]
-        helped = sv < bv if lm else sv > bv
-        diff = (bv - sv) / bv if lm else sv - bv
-        if helped:
-            text += (
-                f" The teacher improved the student over the same-size baseline: "
-                f"{key} {sv:.2f} vs {bv:.2f} ({100 * diff:.1f}% better)."
-            )
-        else:
-            text += (
-                f" The teacher did NOT improve on the same-size baseline: {key} {sv:.2f} "
-                f"vs {bv:.2f}."
-            )
-    return text
+    size = _num(derived.get("student_size_fraction")) or _ratio(s.get("params"), t.get("params"))
+    size = size or _ratio(s.get("size_bytes"), t.get("size_bytes"))
+    if size is not None:
+        text += f" at {100 * size:.0f}% of its size"
+    speed = _ratio(_speed(s), _speed(t)) or _num(derived.get("student_speedup")) or None
+    if speed is not None:
+        text += (" and" if size is not None else ",") + (
+            f" runs {speed:.2f} times faster"
+            if speed >= 1.005
+            else f" runs {1 / speed:.2f} times slower"
+            if speed <= 0.995
+            else " runs at the same speed"
+        )
+    sv, bv = _num(s.get(key)), _num((b or {}).get(key))
+    if b is None or sv is None or bv is None:
+        return text + "; no same-size baseline was measured, so the teacher's effect is unknown."
+    show = (lambda v: f"{v:.2f}") if lm else (lambda v: f"{100 * v:.1f}%")
+    pair = f"({key} {show(sv)} vs {show(bv)})"
+    gain = (bv - sv) / bv * 100 if lm else (sv - bv) * 100
+    amount = f"{abs(gain):.1f}%" if lm else f"{abs(gain):.1f} percentage points"
+    if round(abs(gain), 1) == 0:
+        return (
+            text
+            + "; the teacher did NOT help: no measurable difference from the same-size "
+            + f"baseline {pair}."
+        )
+    if gain > 0:
+        return (
+            text
+            + f"; the teacher improved the student by {amount} over the same-size baseline {pair}."
+        )
+    return text + (
+        f"; the teacher did NOT help: the same-size baseline trained without it is better by "
+        f"{amount} {pair}."
+    )
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values)
+
+
+def _figures(models, lm, derived, logs) -> list[tuple[str, str, bytes]]:
+    """[(file stem, title, png)] for every plot there is data for."""
+    key = "perplexity" if lm else "accuracy"
+    figs = []
+    if ret := retention_of(models, lm, derived):
+        definition = "teacher perplexity / model perplexity" if lm else "accuracy / teacher's"
+        figs.append(("retention", "Quality retained", plots.retention_bars(ret, definition)))
+    pts = {}
+    for n, r in models.items():
+        p, q = _num(r.get("params")), _num(r.get(key))
+        if p and p > 0 and q and q > 0:
+            pts[n] = (p, q)
+    if pts:
+        log_x = _spread([p for p, _ in pts.values()]) >= 10
+        log_y = lm and _spread([q for _, q in pts.values()]) >= 3
+        png = plots.size_quality_scatter(pts, key, log_x, log_y)
+        figs.append(("size_quality", "Size vs quality", png))
+    if logs:
+        figs.append(("training", "Training curves", plots.training_curves(logs)))
+        figs.append(("schedules", "Temperature and loss-weight schedules", plots.schedules(logs)))
+    if rel := {n: b for n, r in models.items() if (b := _bins(r))}:
+        png = plots.reliability(rel, {n: ece_of(models[n]) for n in rel})
+        figs.append(("reliability", "Reliability diagrams", png))
+    if pc := {n: c for n, r in models.items() if (c := _per_class(r))}:
+        figs.append(("per_class", "Per-class accuracy", plots.per_class_accuracy(pc)))
+    return figs
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em
@@ -134,80 +284,73 @@ margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;mar
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}.verdict{background:#f6f9ff;border-left:4px solid
 #4c72b0;padding:.8em 1em;font-size:1.05em}img{max-width:100%;height:auto;display:block;
-margin:.6em 0}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid img{max-width:48%}"""
+margin:.6em 0}.note{color:#666;font-size:.9em}"""
+
+
+def _notes(timings: dict, n_files: int) -> list[str]:
+    out = []
+    secs = {k: v for k, v in timings.items() if _num(v) is not None}
+    if secs:
+        out.append("Run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ".")
+    if n_files == 1:
+        out.append("All models were measured in one run on one machine, so speed ratios compare.")
+    else:
+        out.append(f"Merged from {n_files} results files: speeds compare only if measured alike.")
+    return out
+
+
+def _text(s: str) -> str:
+    """Escape for an HTML text node (quotes need no escaping there: "teacher's" stays)."""
+    return html.escape(s, quote=False)
+
+
+def _cells(tag: str, row: list[str]) -> str:
+    return "".join(f"<{tag}>{_text(c)}</{tag}>" for c in row)
+
+
+def _md_row(row: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
 
 
 def render_report(
     results_paths: list[Path], out_dir: Path, logs_dirs: list[Path] | None = None
 ) -> tuple[Path, Path]:
-    """Write ``out_dir/report.html`` and ``out_dir/report.md`` (+ ``out_dir/plots/*.png``)."""
-    models, extra = _load_results([Path(p) for p in results_paths])
-    lm = "perplexity" in models["teacher"]
+    """Write ``out_dir/report.html`` (self-contained: plots embedded as base64 PNG, inline CSS,
+    no external URL) and ``out_dir/report.md`` (+ the PNGs it links, in ``out_dir/plots/``).
+    ``logs_dirs``: run folders holding ``kd_log.jsonl``; None or empty: each model's
+    ``run_dir``, where that folder exists."""
+    models, sources, meta = load_results(list(results_paths))
+    lm = any(_num(r.get("perplexity")) is not None for r in models.values())
+    derived = meta.get("derived", {})
+    logs = collect_logs(models, sources, logs_dirs)
+    figs = _figures(models, lm, derived, logs)
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    logs: dict[str, list[dict]] = {}
-    if logs_dirs:
-        for d in logs_dirs:
-            rows = _read_log(Path(d))
-            if rows:
-                logs[Path(d).name] = rows
-    else:
-        for name, r in models.items():
-            if r.get("run_dir") and _read_log(Path(r["run_dir"])):
-                logs[name] = _read_log(Path(r["run_dir"]))
-    quality = "perplexity" if lm else "accuracy"
-    figs: list[tuple[str, str, bytes]] = []
-    ret = retention_of(models, lm)
-    if ret:
-        figs.append(("retention", "Quality retained", plots.retention_bars(ret, quality)))
-    pts = {n: (r["params"], r[quality]) for n, r in models.items() if r.get(quality)}
-    figs.append(("size_quality", "Size vs quality", plots.size_quality_scatter(pts, quality, lm)))
-    if logs:
-        figs.append(("training", "Training curves", plots.training_curves(logs)))
-        figs.append(("schedules", "Schedules", plots.schedules(logs)))
-    rel = {n: r["reliability"] for n, r in models.items() if r.get("reliability")}
-    if rel:
-        figs.append(("reliability", "Reliability diagrams", plots.reliability(rel)))
-    for key, _, png in figs:
-        (out_dir / "plots" / f"{key}.png").write_bytes(png)
+    for stem, _, png in figs:
+        _atomic_write(out_dir / "plots" / f"{stem}.png", png)
 
-    head, rows = _rows(models, lm)
-    text = verdict(models, lm)
-    table_html = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    for row in rows:
-        table_html += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-    table_html += "</table>"
+    head, rows = table(models, lm)
+    text = verdict(models, lm, derived)
+    notes = _notes(meta.get("timings", {}), len({str(p) for p in sources.values()}))
+    table_html = f"<table><tr>{_cells('th', head)}</tr>"
+    table_html += "".join(f"<tr>{_cells('td', r)}</tr>" for r in rows) + "</table>"
     imgs = "".join(
-        f"<h2>{html.escape(title)}</h2><img alt='{key}' "
-        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-        for key, title, png in figs
+        f'<h2>{_text(title)}</h2><img alt="{html.escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        for _, title, png in figs
     )
-    timing = extra.get("timings", {})
-    foot = ""
-    if timing:
-        foot = (
-            "<p>Run time: "
-            + ", ".join(f"{html.escape(k)} {v:.0f} s" for k, v in timing.items())
-            + ".</p>"
-        )
     page = (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>kdistill "
-        f"report</title><style>{CSS}</style></head><body><h1>kdistill report card</h1>"
-        f"<p class='verdict'>{html.escape(text)}</p><h2>Models</h2>{table_html}{imgs}"
-        f"{foot}<p>Speed and latency of all models were measured in the same run on the "
-        f"same machine, so ratios are comparable.</p></body></html>"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>kdistill report card</title><style>{CSS}</style></head><body>"
+        f'<h1>kdistill report card</h1><p class="verdict">{_text(text)}</p>'
+        f"<h2>Models</h2>{table_html}{imgs}"
+        + "".join(f'<p class="note">{_text(n)}</p>' for n in notes)
+        + "</body></html>\n"
     )
-    md = [
-        "# kdistill report card",
-        "",
-        text,
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += [""] + [f"![{title}](plots/{key}.png)" for key, title, _ in figs] + [""]
+    md = ["# kdistill report card", "", text, "", _md_row(head), "|" + "---|" * len(head)]
+    md += [_md_row(r) for r in rows] + [""]
+    md += [f"![{title}](plots/{stem}.png)" for stem, title, _ in figs] + [""] + notes + [""]
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    _atomic(html_path, page)
-    _atomic(md_path, "\n".join(md))
+    _atomic_write(html_path, page)
+    _atomic_write(md_path, "\n".join(md))
     return html_path, md_path
