@@ -79,7 +79,9 @@ def test_baseline_switch_trains_without_teacher(tiny_teacher_dir, tiny_text_file
     )
     run_distill_lm(cfg)
     log = _log(out)
-    assert all(r["soft_loss"] == 0 and r["hard_weight"] == 1.0 for r in log)
+    assert all(
+        r["soft_loss"] == 0 and r["soft_weight"] == 0 and r["hard_weight"] == 1.0 for r in log
+    )
     assert log[0]["loss"] == pytest.approx(log[0]["hard_loss"], rel=1e-5)
 
 

@@ -23,7 +23,8 @@ def schedule_kwargs(cfg: RunConfig) -> dict:
     d = cfg.distill
     return {
         "kd_temperature": _scalar(d.kd_temperature),
-        "soft_weight": _scalar(d.soft_weight),
+        # the no-teacher baseline trains on hard labels only (and logs it that way)
+        "soft_weight": 0.0 if d.baseline else _scalar(d.soft_weight),
         "hard_weight": 1.0 if d.baseline else _scalar(d.hard_weight),
         "beta": _scalar(d.beta),
     }
