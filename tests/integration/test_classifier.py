@@ -28,6 +28,11 @@ def test_idx_reader():
     assert full_x.shape[0] == 60000 and torch.bincount(full_y).tolist() == [6000] * 10
 
 
+def test_missing_data_says_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_split("train", root=tmp_path)
+
+
 def test_classifier_save_load_round_trip(tmp_path):
     model = build_classifier("cnn", channels=[4, 8])
     spec = {"arch": "cnn", "channels": [4, 8], "hidden": [16], "n_classes": 10}
@@ -38,7 +43,7 @@ def test_classifier_save_load_round_trip(tmp_path):
 
 
 @needs_data
-def test_fashion_mnist_teacher_then_student_through_cli(tmp_path):
+def test_fashion_mnist_teacher_then_student_through_cli(tmp_path, capsys):
     small = [
         "data.max_train_examples=3000",
         "data.max_eval_tokens=1000",
@@ -54,21 +59,28 @@ def test_fashion_mnist_teacher_then_student_through_cli(tmp_path):
     teacher = json.loads((t_dir / "results.json").read_text())["teacher"]
     assert teacher["accuracy"] > 0.6  # chance is 0.1
     s_dir = tmp_path / "student"
-    assert (
-        main(
-            [
-                "distill",
-                str(CONFIGS / "fmnist_distill.yaml"),
-                f"output_dir={s_dir}",
-                f"teacher.model={t_dir / 'model'}",
-                *small,
-            ]
-        )
-        == 0
-    )
+    distill = [
+        "distill",
+        str(CONFIGS / "fmnist_distill.yaml"),
+        f"output_dir={s_dir}",
+        f"teacher.model={t_dir / 'model'}",
+        *small,
+    ]
+    assert main(distill) == 0
+    assert (s_dir / "model" / "kdistill-done").is_file()
     res = json.loads((s_dir / "results.json").read_text())
     assert res["student"]["accuracy"] > 0.5
     assert res["student"]["params"] < res["teacher"]["params"]
     assert 0 < res["student"]["top1_agreement"] <= 1 and res["student"]["kl_to_teacher"] > 0
     log = [json.loads(x) for x in (s_dir / "kd_log.jsonl").read_text().splitlines()]
     assert all(r["soft_loss"] > 0 and r["kd_temperature"] == 4.0 for r in log)
+    capsys.readouterr()
+    assert main(distill) == 0  # a finished run is not retrained
+    assert "already complete" in capsys.readouterr().out
+    b_dir = tmp_path / "baseline"
+    baseline = [*distill, f"output_dir={b_dir}", "distill.baseline=true"]
+    assert main(baseline) == 0
+    base = json.loads((b_dir / "results.json").read_text())
+    assert set(base) >= {"teacher", "baseline"} and base["baseline"]["accuracy"] > 0.3
+    log = [json.loads(x) for x in (b_dir / "kd_log.jsonl").read_text().splitlines()]
+    assert all(r["soft_loss"] == 0 for r in log)  # no teacher in the loss

@@ -44,12 +44,14 @@ def load_split(split: str, root: Path = ROOT, limit: int | None = None, seed: in
             f"Fashion-MNIST not found in {root}; install it with "
             "`apt-get install dataset-fashion-mnist`"
         )
-    images = torch.from_numpy(read_idx(img_path).copy()).float().div_(255).unsqueeze(1)
+    raw = torch.from_numpy(read_idx(img_path).copy())  # uint8 (N, 28, 28)
     labels = torch.from_numpy(read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
+    if len(raw) != len(labels):
+        raise ValueError(f"{root}: {len(raw)} {prefix} images but {len(labels)} labels")
     if limit is not None and limit < len(labels):
         idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit]
-        images, labels = images[idx], labels[idx]
-    return images, labels
+        raw, labels = raw[idx], labels[idx]
+    return raw.float().div_(255).unsqueeze(1), labels
 
 
 class ImageDataset(torch.utils.data.Dataset):

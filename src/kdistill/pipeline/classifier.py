@@ -10,45 +10,79 @@ import torch
 
 from kdistill.config import builders
 from kdistill.config.schema import RunConfig
-from kdistill.pipeline.run_dir import is_done, prepare_run_dir
+from kdistill.pipeline.run_dir import FINAL, is_done, prepare_run_dir
+
+EVAL_BATCH = 512
 
 
-def _datasets(cfg: RunConfig):
-    from kdistill.data.fashion_mnist import ImageDataset, load_split
-
+def _check_source(cfg: RunConfig) -> None:
     if cfg.data.source != "fashion-mnist":
         raise ValueError(f"classifier data.source must be fashion-mnist, got {cfg.data.source!r}")
-    train = ImageDataset(*load_split("train", limit=cfg.data.max_train_examples, seed=cfg.seed))
-    held = ImageDataset(*load_split("test", limit=cfg.data.max_eval_tokens, seed=cfg.seed))
-    return train, held
+
+
+def _train_set(cfg: RunConfig):
+    from kdistill.data.fashion_mnist import ImageDataset, load_split
+
+    _check_source(cfg)
+    return ImageDataset(*load_split("train", limit=cfg.data.max_train_examples, seed=cfg.seed))
+
+
+def _held_out_set(cfg: RunConfig):
+    """The t10k split, capped at ``data.max_eval_tokens`` examples (a seeded subset)."""
+    from kdistill.data.fashion_mnist import ImageDataset, load_split
+
+    _check_source(cfg)
+    return ImageDataset(*load_split("test", limit=cfg.data.max_eval_tokens, seed=cfg.seed))
 
 
 @torch.no_grad()
+def _predict(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(logits (N, C), seconds) over images (N, 1, 28, 28) in batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    chunks = []
+    for i in range(0, len(images), EVAL_BATCH):
+        out = model(pixel_values=images[i : i + EVAL_BATCH].to(device))
+        chunks.append((out.logits if hasattr(out, "logits") else out).float().cpu())
+    return torch.cat(chunks), time.perf_counter() - t0
+
+
 def evaluate_classifiers(models: dict, teacher_name: str | None, held) -> dict:
+    """Per model: accuracy, per-class accuracy, ECE (+ bins), params, speed, and against
+    ``models[teacher_name]`` top-1 agreement and KL(teacher || student) at T = 1."""
     from kdistill.eval import metrics
     from kdistill.models.loading import count_params
 
     x, y = held.images, held.labels
-    logits = {}
+    n_classes = None
+    logits, seconds = {}, {}
     for name, m in models.items():
-        m.eval()
-        t0 = time.perf_counter()
-        logits[name] = torch.cat([m(pixel_values=x[i : i + 512]) for i in range(0, len(y), 512)])
-        logits[name + "__s"] = time.perf_counter() - t0
+        logits[name], seconds[name] = _predict(m, x)
+        n_classes = logits[name].shape[-1]
+    valid = torch.ones_like(y, dtype=torch.bool)
     out = {}
-    for name in models:
-        lg = logits[name]
+    for name, lg in logits.items():
         pred = lg.argmax(-1)
-        probs = torch.softmax(lg.float(), -1)
-        conf = probs.max(-1).values
-        bins = metrics.calibration_bins(conf, pred == y)
-        valid = torch.ones_like(y, dtype=torch.bool)
+        correct = pred == y
+        counts, conf_sums, correct_sums = metrics.calibration_bins(
+            torch.softmax(lg, -1).max(-1).values, correct
+        )
         r = {
-            "accuracy": float((pred == y).float().mean()),
-            "per_class_accuracy": [float((pred[y == c] == c).float().mean()) for c in range(10)],
-            "ece": metrics.expected_calibration_error(*bins),
+            "accuracy": float(correct.float().mean()),
+            "per_class_accuracy": [
+                float(correct[y == c].float().mean()) if bool((y == c).any()) else None
+                for c in range(n_classes)
+            ],
+            "ece": metrics.expected_calibration_error(counts, conf_sums, correct_sums),
+            "reliability": {
+                "counts": counts,
+                "conf_sums": conf_sums,
+                "correct_sums": correct_sums,
+            },
             "params": count_params(models[name]),
-            "examples_per_s": len(y) / logits[name + "__s"],
+            "examples_per_s": len(y) / max(seconds[name], 1e-9),
+            "eval_examples": len(y),
         }
         if teacher_name is not None:
             t = logits[teacher_name]
@@ -59,6 +93,7 @@ def evaluate_classifiers(models: dict, teacher_name: str | None, held) -> dict:
 
 
 def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict):
+    """Train ``model`` with KDTrainer (resuming from the newest complete checkpoint)."""
     from transformers import TrainingArguments
 
     from kdistill.data.fashion_mnist import collate_images
@@ -66,12 +101,11 @@ def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict
     from kdistill.training.step import KDSchedules
     from kdistill.training.trainer import KDTrainer
 
-    train, _ = _datasets(cfg)
     ckpt = run_dir / "checkpoints"
     trainer = KDTrainer(
         model=model,
         args=TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt))),
-        train_dataset=train,
+        train_dataset=_train_set(cfg),
         data_collator=collate_images,
         teacher=teacher,
         schedules=KDSchedules.build(**schedules_kwargs),
@@ -80,73 +114,95 @@ def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict
         **builders.objective_kwargs(cfg),
     )
     last = latest_complete_checkpoint(ckpt)
+    if last is not None:
+        print(f"[kdistill] resuming from {last}")
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    return trainer, time.perf_counter() - t0
+    info = {
+        "train_seconds": time.perf_counter() - t0,
+        "global_step": trainer.state.global_step,
+        "resumed_from": str(last) if last else None,
+    }
+    return trainer, info
 
 
-def _finish(cfg, run_dir: Path, model, spec: dict, models: dict, teacher_name, seconds):
+def _finish(cfg, run_dir: Path, trainer, spec: dict, me: str, others: dict, info: dict):
+    """Save ``run_dir/model`` atomically, evaluate on the held-out split, write results."""
     from kdistill.models.classifiers import save_classifier
 
-    save_classifier(model, spec, run_dir / "model")
-    _, held = _datasets(cfg)
-    results = evaluate_classifiers(models, teacher_name, held)
-    results["train_seconds"] = seconds
+    if not trainer.is_world_process_zero():
+        return run_dir
+    model = trainer.model
+    save_classifier(model, spec, run_dir / FINAL)
+    teacher_name = "teacher" if "teacher" in others else None
+    results = evaluate_classifiers({**others, me: model}, teacher_name, _held_out_set(cfg))
+    results.update(info)
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(run_dir / "results.json")
-    me = results["student" if "student" in results else "teacher"]
-    line = f"accuracy {me['accuracy']:.3f}"
-    if "top1_agreement" in me:
-        line += f", agreement with teacher {me['top1_agreement']:.3f}"
-        line += f" (teacher accuracy {results['teacher']['accuracy']:.3f})"
+    line = f"{me} accuracy {results[me]['accuracy']:.3f}"
+    if teacher_name is not None and me != teacher_name:
+        line += f", agreement with teacher {results[me]['top1_agreement']:.3f}"
+        line += f" (teacher accuracy {results[teacher_name]['accuracy']:.3f})"
     print(f"[kdistill] {run_dir}: {line}")
     return run_dir
 
 
-def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
-    from kdistill.models.classifiers import classifier_from_spec
-
+def _start(cfg: RunConfig, fresh: bool) -> Path | None:
+    """The prepared run folder, or None when it already holds a finished run."""
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
     run_dir = prepare_run_dir(cfg, fresh=fresh)
     if is_done(run_dir) and not fresh:
         print(f"[kdistill] {run_dir} is already complete; pass --fresh to retrain")
-        return run_dir
+        return None
+    return run_dir
+
+
+def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
+    """Stage 1: train ``teacher.model`` (cnn / mlp / a trained folder) on hard labels."""
+    from kdistill.models.classifiers import classifier_from_spec
+
+    run_dir = _start(cfg, fresh)
+    if run_dir is None:
+        return Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     model, spec = classifier_from_spec(
         cfg.teacher.model or "cnn", cfg.teacher.channels, cfg.teacher.hidden
     )
     sched = {**builders.schedule_kwargs(cfg), "soft_weight": 0.0, "hard_weight": 1.0}
-    trainer, seconds = _train(cfg, model, None, run_dir, sched)
-    return _finish(cfg, run_dir, trainer.model, spec, {"teacher": trainer.model}, None, seconds)
+    trainer, info = _train(cfg, model, None, run_dir, sched)
+    return _finish(cfg, run_dir, trainer, spec, "teacher", {}, info)
 
 
 def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
+    """Stage 2: distil the trained teacher (``teacher.model`` folder) into ``student.model``.
+
+    With ``distill.baseline`` the student trains on hard labels alone; the teacher (if given)
+    is then only evaluated beside it, and the student's results are named ``baseline``.
+    """
     from kdistill.models.classifiers import classifier_from_spec, load_classifier
     from kdistill.models.loading import freeze
 
-    run_dir = prepare_run_dir(cfg, fresh=fresh)
-    if is_done(run_dir) and not fresh:
-        print(f"[kdistill] {run_dir} is already complete; pass --fresh to retrain")
-        return run_dir
-    if not cfg.teacher.model:
+    baseline = cfg.distill.baseline
+    if not cfg.teacher.model and not baseline:
         raise ValueError(
             "teacher.model: give the trained teacher's folder (kdistill "
             "train-teacher writes it to <output_dir>/model)"
         )
-    teacher, _ = load_classifier(cfg.teacher.model)
-    freeze(teacher)
+    run_dir = _start(cfg, fresh)
+    if run_dir is None:
+        return Path(cfg.output_dir)
+    teacher = None
+    if cfg.teacher.model:
+        teacher, _ = load_classifier(cfg.teacher.model)
+        freeze(teacher)
     torch.manual_seed(cfg.seed)
     student, spec = classifier_from_spec(
         cfg.student.model or "mlp", cfg.student.channels, cfg.student.hidden
     )
-    online = None if cfg.distill.baseline else teacher
-    trainer, seconds = _train(cfg, student, online, run_dir, builders.schedule_kwargs(cfg))
-    return _finish(
-        cfg,
-        run_dir,
-        trainer.model,
-        spec,
-        {"teacher": teacher, "student": trainer.model},
-        "teacher",
-        seconds,
-    )
+    online = None if baseline else teacher
+    trainer, info = _train(cfg, student, online, run_dir, builders.schedule_kwargs(cfg))
+    others = {} if teacher is None else {"teacher": teacher}
+    me = "baseline" if baseline else "student"
+    return _finish(cfg, run_dir, trainer, spec, me, others, info)
