@@ -86,3 +86,34 @@ def test_datacheck_cli_runs(tiny_teacher_dir, tiny_text_file, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "perplexity_ratio" in out and "unigram_jsd_bits" in out
+
+
+def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file, tmp_path):
+    import json
+
+    from kdistill.cli.main import main
+
+    out = tmp_path / "r" / "results.json"
+    argv = [
+        "eval",
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--model",
+        f"copy={tiny_teacher_dir}",
+        "--data",
+        str(tiny_text_file),
+        "--block-size",
+        "16",
+        "--held-out-fraction",
+        "0.3",
+        "--max-eval-tokens",
+        "256",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"teacher", "copy"}
+    assert res["copy"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert res["copy"]["perplexity_retention"] == pytest.approx(1.0, rel=1e-6)
+    assert main(["eval", "--model", "broken"]) == 2

@@ -150,6 +150,36 @@ def generate(config: ConfigArg, overrides: OverridesArg = None):
     run_generate(load_config(config, overrides or []))
 
 
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        list[str],
+        typer.Option("--model", help="NAME=SPEC (bundled name, .gguf or HF folder); repeatable"),
+    ],
+    teacher: Annotated[str, typer.Option(help="the reference model (agreement, KL)")] = (
+        "smollm2-135m"
+    ),
+    data: Annotated[str, typer.Option(help="kjv or a .txt/.jsonl/.parquet file")] = "kjv",
+    block_size: Annotated[int, typer.Option(min=8)] = 256,
+    held_out_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
+    max_eval_tokens: Annotated[int, typer.Option(min=256)] = 8192,
+    out: Annotated[Path, typer.Option(help="results JSON to write")] = Path(
+        "runs/eval/results.json"
+    ),
+):
+    """Evaluate the teacher and models on the held-out split (same split as training):
+    perplexity, KL to the teacher, top-1 agreement, ECE, size, latency, tokens/s."""
+    from kdistill.pipeline.evaluate import run_eval
+
+    specs = {}
+    for item in model:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise click.BadParameter(f"--model {item!r}: use NAME=SPEC, e.g. student=runs/x/model")
+        specs[name] = spec
+    run_eval(teacher, specs, data, block_size, held_out_fraction, max_eval_tokens, out)
+
+
 @app.command()
 def report(
     results: Annotated[list[Path], typer.Argument(help="results.json file(s) from demo/eval")],
