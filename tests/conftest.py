@@ -127,6 +127,7 @@ def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[st
         "training.save_steps": 3,
         "training.warmup_steps": 0,
         "training.learning_rate": 0.003,
+        "training.loss_chunk_size": 8,  # exercise the chunked loss path (64 tokens/batch)
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

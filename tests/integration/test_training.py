@@ -314,3 +314,25 @@ def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_fil
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
     w1, w2 = _weights(one), _weights(two)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+
+
+def test_chunked_and_full_logit_paths_agree(tiny_teacher_dir, tiny_text_file, tmp_path):
+    demo = REPO / "src/kdistill/configs/demo.yaml"
+    logs = {}
+    for name, chunk in (("chunked", 8), ("full", "null")):
+        out = tmp_path / name
+        run_distill_lm(
+            load_config(
+                demo,
+                tiny_overrides(
+                    tiny_teacher_dir,
+                    tiny_text_file,
+                    out,
+                    **{"training.loss_chunk_size": chunk, "training.max_steps": 2},
+                ),
+            )
+        )
+        logs[name] = _log(out)
+    for a, b in zip(logs["chunked"], logs["full"]):
+        for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key

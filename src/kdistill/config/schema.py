@@ -134,7 +134,8 @@ class TrainingSpec(Strict):
         1024,
         ge=1,
         description="causal LMs: build logits this many positions at a time "
-        "(memory-bounded KD loss); null = full-logit loss",
+        "(memory-bounded KD loss) when a micro-batch has more positions than this; "
+        "null = always the full-logit loss",
     )
     extra: dict = Field(default_factory=dict, description="passed to TrainingArguments as is")
 
