@@ -27,13 +27,29 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def _serve(server) -> threading.Thread:
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    return t
+def send_json(handler: BaseHTTPRequestHandler, code: int, data: bytes) -> None:
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
-class FakeOpenAIServer:
+class _Served:
+    """Starts ``handler`` on a free loopback port in a daemon thread."""
+
+    def _start(self, handler) -> None:
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeOpenAIServer(_Served):
     def __init__(self, api_key: str | None = None):
         self.api_key = api_key
         self.hits: dict[tuple[str, int], int] = defaultdict(int)
@@ -93,24 +109,12 @@ class FakeOpenAIServer:
                 )
 
             def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, json.dumps(payload).encode())
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        _serve(self.server)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
-class FaultProxy:
+class FaultProxy(_Served):
     """Forwards to ``upstream_port``; injects faults for ``fault_rate`` of requests."""
 
     def __init__(self, upstream_port: int, fault_rate: float, stall_s: float, seed: int = 0):
@@ -154,18 +158,6 @@ class FaultProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 conn.request("POST", self.path, body=raw, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, resp.status, resp.read())
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        _serve(self.server)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)

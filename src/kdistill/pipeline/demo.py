@@ -9,7 +9,6 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from kdistill.config.loader import load_config
 
@@ -54,20 +53,10 @@ def derive(results: dict) -> dict:
 
 
 def print_table(results: dict) -> None:
-    table = Table(title="kdistill demo: held-out KJV chapters")
-    for col in ("model", "params (M)", "perplexity", "KL to teacher", "top-1 agree", "tok/s"):
-        table.add_column(col, justify="right")
-    for name in ("teacher", "student", "baseline"):
-        r = results[name]
-        table.add_row(
-            name,
-            f"{r['params'] / 1e6:.1f}",
-            f"{r['perplexity']:.2f}",
-            f"{r['kl_to_teacher']:.3f}",
-            f"{r['top1_agreement']:.1%}",
-            f"{r['forward_tokens_per_s']:.0f}" if r["forward_tokens_per_s"] else "-",
-        )
-    console.print(table)
+    from kdistill.pipeline.evaluate import results_table
+
+    rows = {name: results[name] for name in ("teacher", "student", "baseline")}
+    console.print(results_table(rows, "kdistill demo: held-out KJV chapters"))
 
 
 def run_demo(

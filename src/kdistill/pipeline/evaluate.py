@@ -62,18 +62,34 @@ def run_eval(
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out)
-    table = Table(title=f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
-    for col in ("model", "params (M)", "perplexity", "KL to teacher", "top-1 agree", "ECE"):
+    table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
+    Console().print(table)
+    Console().print(f"results: {out}")
+    return results
+
+
+def results_table(results: dict, title: str) -> Table:
+    """A rich table of LM results: params, perplexity, KL, agreement, ECE, tokens/s."""
+    table = Table(title=title)
+    for col in (
+        "model",
+        "params (M)",
+        "perplexity",
+        "KL to teacher",
+        "top-1 agree",
+        "ECE",
+        "tok/s",
+    ):
         table.add_column(col, justify="right")
     for name, r in results.items():
+        speed = r.get("forward_tokens_per_s")
         table.add_row(
             name,
             f"{r['params'] / 1e6:.1f}",
             f"{r['perplexity']:.2f}",
             f"{r['kl_to_teacher']:.3f}",
             f"{r['top1_agreement']:.1%}",
-            f"{r['ece']:.3f}",
+            f"{r['ece']:.3f}" if r.get("ece") is not None else "-",
+            f"{speed:.0f}" if speed else "-",
         )
-    Console().print(table)
-    Console().print(f"results: {out}")
-    return results
+    return table
