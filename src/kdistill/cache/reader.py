@@ -28,6 +28,7 @@ class StoreReader:
             )
         # decoded shards stay in memory (a few MB per shard) so shuffled access is cheap
         self._decoded: dict[int, list[SparseRows]] = {}
+        self._verified: set[int] = set()  # each shard's checksum is read once
 
     def check(self, *, tokenizer_hash: str, data_fingerprint: str, block_size: int) -> None:
         m = self.manifest
@@ -54,12 +55,15 @@ class StoreReader:
     def _verify(self, shard: int) -> Path:
         entry = self.manifest.shards[str(shard)]
         path = self.path / entry["file"]
+        if shard in self._verified:
+            return path
         if not path.is_file():
             raise StoreError(f"{path}: shard missing; re-run kdistill cache to rebuild it")
         if sha256_file(path) != entry["sha256"]:
             raise StoreError(
                 f"{path}: checksum mismatch (corrupt shard); delete it and re-run kdistill cache"
             )
+        self._verified.add(shard)
         return path
 
     def _load_shard(self, shard: int) -> list[SparseRows]:
