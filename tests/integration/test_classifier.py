@@ -84,3 +84,37 @@ def test_fashion_mnist_teacher_then_student_through_cli(tmp_path, capsys):
     assert set(base) >= {"teacher", "baseline"} and base["baseline"]["accuracy"] > 0.3
     log = [json.loads(x) for x in (b_dir / "kd_log.jsonl").read_text().splitlines()]
     assert all(r["soft_loss"] == 0 for r in log)  # no teacher in the loss
+    # one `kdistill eval` run measures all three side by side, then the report renders it
+    out = tmp_path / "eval" / "results.json"
+    argv = ["eval", "--teacher", str(t_dir), "--model", f"student={s_dir}"]
+    argv += ["--model", f"baseline={b_dir / 'model'}", "--max-eval-tokens", "500"]
+    assert main([*argv, "--out", str(out)]) == 0
+    ev = json.loads(out.read_text())
+    assert list(ev) == ["teacher", "student", "baseline"]
+    assert ev["student"]["accuracy"] == pytest.approx(res["student"]["accuracy"], abs=0.08)
+    assert ev["teacher"]["top1_agreement"] == 1.0 and ev["teacher"]["kl_to_teacher"] < 1e-6
+    for name, r in ev.items():
+        assert r["eval_examples"] == 500 and len(r["per_class_accuracy"]) == 10
+        assert 0 < r["latency_p50_s"] <= r["latency_p95_s"]
+        assert r["peak_memory_bytes"] > r["weight_bytes"] > 0
+        folder = {"teacher": t_dir, "student": s_dir, "baseline": b_dir}[name] / "model"
+        assert r["size_bytes"] == (folder / "model.safetensors").stat().st_size
+    assert ev["student"]["accuracy_retention"] == pytest.approx(
+        ev["student"]["accuracy"] / ev["teacher"]["accuracy"]
+    )
+    assert ev["student"]["peak_memory_bytes"] < ev["teacher"]["peak_memory_bytes"]
+    assert main(["report", str(out)]) == 0
+    assert "peak memory" in (out.parent / "report.md").read_text()
+
+
+def test_eval_refuses_mixed_kinds_and_wrong_data(tmp_path, tiny_teacher_dir, capsys):
+    model = build_classifier("mlp", hidden=[8])
+    save_classifier(model, {"arch": "mlp", "hidden": [8], "n_classes": 10}, tmp_path / "c")
+    out = tmp_path / "r.json"
+    mixed = ["eval", "--teacher", str(tiny_teacher_dir), "--model", f"c={tmp_path / 'c'}"]
+    assert main([*mixed, "--out", str(out)]) == 2
+    assert "mix classifier folders and language models" in capsys.readouterr().err
+    wrong = ["eval", "--teacher", str(tmp_path / "c"), "--model", f"c={tmp_path / 'c'}"]
+    assert main([*wrong, "--data", "kjv", "--out", str(out)]) == 2
+    assert "evaluated on fashion-mnist" in capsys.readouterr().err
+    assert not out.exists()

@@ -38,6 +38,8 @@ def test_teacher_vs_itself_and_a_different_model(tiny_tokenizer, tiny_text_file)
     assert sum(r["reliability"]["counts"]) == r["eval_tokens"]
     assert 0.0 <= r["ece"] <= 1.0 and math.isfinite(r["generate_tokens_per_s"])
     assert r["params"] == res["teacher"]["params"]
+    assert 0 <= r["weight_bytes"] - 4 * r["params"] < 1024  # fp32 + the rotary buffer
+    assert r["peak_memory_bytes"] > r["weight_bytes"] and r["peak_forward_alloc_bytes"] > 0
 
 
 def test_inspect_cli_writes_json_and_plot(tiny_teacher_dir, tmp_path, capsys):

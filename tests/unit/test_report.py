@@ -203,6 +203,7 @@ def test_classifier_results_render(tmp_path):
             "per_class_accuracy": [0.86, 0.98, 0.85, 0.91, 0.86, 0.98, 0.74, 0.97, 0.98, 0.96],
             "ece": 0.021,
             "examples_per_s": 41_200.0,
+            "peak_memory_bytes": 2_000_000,
             "top1_agreement": 1.0,
             "kl_to_teacher": 0.0,
         },
@@ -212,6 +213,9 @@ def test_classifier_results_render(tmp_path):
             "per_class_accuracy": {str(c): 0.87 for c in range(10)},
             "reliability": _bins(0.05),  # no "ece": computed from the bins
             "examples_per_s": 163_000.0,
+            "peak_memory_bytes": 500_000,
+            "latency_p50_s": 0.00042,
+            "latency_p95_s": 0.00131,
             "top1_agreement": 0.905,
             "kl_to_teacher": 0.188,
         },
@@ -223,10 +227,11 @@ def test_classifier_results_render(tmp_path):
     assert "examples/s" in page and "91.2%" in page and "87.4%" in page and "0.188" in page
     assert "Per-class accuracy" in page and "Reliability diagrams" in page
     assert "keeps 95.8% of the teacher's quality (accuracy) at 12% of its size" in page
+    assert "times faster, with 25% of its peak memory" in page
     assert "improved the student by 1.3 percentage points" in page
     assert "(accuracy 87.4% vs 86.1%)" in page
     assert (
-        "| student | 0.052 | - | 87.4% | 0.188 | 90.5% | 0.049 | 163000 | - |"
+        "| student | 0.052 | - | 87.4% | 0.188 | 90.5% | 0.049 | 163000 | 0.42 / 1.31 | 0.5 |"
         in md_path.read_text()
     )
 

@@ -154,21 +154,35 @@ def generate(config: ConfigArg, overrides: OverridesArg = None):
 def eval_(
     model: Annotated[
         list[str],
-        typer.Option("--model", help="NAME=SPEC (bundled name, .gguf or HF folder); repeatable"),
+        typer.Option(
+            "--model",
+            help="NAME=SPEC (bundled name, .gguf, HF folder or trained classifier folder); "
+            "repeatable",
+        ),
     ],
     teacher: Annotated[str, typer.Option(help="the reference model (agreement, KL)")] = (
         "smollm2-135m"
     ),
-    data: Annotated[str, typer.Option(help="kjv or a .txt/.jsonl/.parquet file")] = "kjv",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="LMs: kjv (default) or a .txt/.jsonl/.parquet file; "
+            "classifiers: fashion-mnist (default)"
+        ),
+    ] = None,
     block_size: Annotated[int, typer.Option(min=8)] = 256,
     held_out_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
-    max_eval_tokens: Annotated[int, typer.Option(min=256)] = 8192,
+    max_eval_tokens: Annotated[
+        int, typer.Option(min=1, help="held-out tokens (LMs) or test images (classifiers)")
+    ] = 8192,
+    seed: Annotated[int, typer.Option(help="which classifier test images are drawn")] = 0,
     out: Annotated[Path, typer.Option(help="results JSON to write")] = Path(
         "runs/eval/results.json"
     ),
 ):
-    """Evaluate the teacher and models on the held-out split (same split as training):
-    perplexity, KL to the teacher, top-1 agreement, ECE, size, latency, tokens/s."""
+    """Evaluate the teacher and models on the held-out split (same split as training), all
+    in one run: perplexity or accuracy, KL to the teacher, top-1 agreement, ECE, size,
+    latency p50/p95, tokens/s, peak memory."""
     from kdistill.pipeline.evaluate import run_eval
 
     specs = {}
@@ -177,7 +191,7 @@ def eval_(
         if not sep or not name or not spec:
             raise click.BadParameter(f"--model {item!r}: use NAME=SPEC, e.g. student=runs/x/model")
         specs[name] = spec
-    run_eval(teacher, specs, data, block_size, held_out_fraction, max_eval_tokens, out)
+    run_eval(teacher, specs, data, block_size, held_out_fraction, max_eval_tokens, out, seed=seed)
 
 
 @app.command()

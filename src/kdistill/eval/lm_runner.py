@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from rich.progress import track
 
-from kdistill.eval import metrics
-
-
-def _dir_size(path: Path | None) -> int | None:
-    if path is None or not path.exists():
-        return None
-    return sum(f.stat().st_size for f in path.rglob("*.safetensors"))
-
-
-@torch.no_grad()
-def _latency(model, input_ids: torch.Tensor, repeats: int = 5) -> tuple[float, float]:
-    model(input_ids=input_ids)  # warm-up, excluded
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(input_ids=input_ids)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return statistics.median(times), p95
+from kdistill.eval import metrics, resources
 
 
 @torch.no_grad()
@@ -111,7 +91,7 @@ def evaluate_lms(
     results = {}
     for name, model in models.items():
         a = acc[name]
-        p50, p95 = _latency(model, probe)
+        p50, p95 = resources.latency(lambda m=model: m(input_ids=probe))
         counts, conf_sums, correct_sums = a["bins"]
         results[name] = {
             "perplexity": metrics.perplexity(a["nll"], a["count"]),
@@ -120,7 +100,7 @@ def evaluate_lms(
             "top1_agreement": a["agree"] / max(a["count"], 1),
             "eval_tokens": a["count"],
             "params": count_params(model),
-            "size_bytes": _dir_size((model_dirs or {}).get(name)),
+            "size_bytes": resources.dir_size((model_dirs or {}).get(name)),
             "forward_tokens_per_s": timed_tokens / a["seconds"] if a["seconds"] else None,
             "latency_p50_s": p50,
             "latency_p95_s": p95,
@@ -128,5 +108,6 @@ def evaluate_lms(
             "generate_tokens_per_s": _generation_speed(model, probe[:, :32]),
             "ece": metrics.expected_calibration_error(counts, conf_sums, correct_sums),
             "reliability": {"counts": counts, "conf_sums": conf_sums, "correct_sums": correct_sums},
+            **resources.peak_forward_memory(model, lambda m=model: m(input_ids=probe)),
         }
     return results

@@ -65,7 +65,13 @@ def save_classifier(model: nn.Module, spec: dict, folder: Path) -> Path:
     return write_folder_atomically(folder, fill, "kdistill-done")
 
 
-def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
+def is_classifier_folder(path: str | Path) -> bool:
+    folder = Path(path)
+    return (folder / "classifier.json").is_file() or (folder / "model/classifier.json").is_file()
+
+
+def classifier_folder(path: str | Path) -> Path:
+    """The folder holding classifier.json: ``path`` itself or a run folder's ``model/``."""
     folder = Path(path)
     if (folder / "model" / "classifier.json").is_file():
         folder = folder / "model"
@@ -74,6 +80,11 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
             f"{path}: not a trained classifier folder (no classifier.json); train one with "
             "kdistill train-teacher"
         )
+    return folder
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
+    folder = classifier_folder(path)
     spec = json.loads((folder / "classifier.json").read_text())
     model = build_classifier(
         spec["arch"],

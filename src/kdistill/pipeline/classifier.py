@@ -12,8 +12,6 @@ from kdistill.config import builders
 from kdistill.config.schema import RunConfig
 from kdistill.pipeline.run_dir import FINAL, is_done, prepare_run_dir
 
-EVAL_BATCH = 512
-
 
 def _check_source(cfg: RunConfig) -> None:
     if cfg.data.source != "fashion-mnist":
@@ -33,63 +31,6 @@ def _held_out_set(cfg: RunConfig):
 
     _check_source(cfg)
     return ImageDataset(*load_split("test", limit=cfg.data.max_eval_tokens, seed=cfg.seed))
-
-
-@torch.no_grad()
-def _predict(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(logits (N, C), seconds) over images (N, 1, 28, 28) in batches."""
-    model.eval()
-    device = next(model.parameters()).device
-    t0 = time.perf_counter()
-    chunks = []
-    for i in range(0, len(images), EVAL_BATCH):
-        out = model(pixel_values=images[i : i + EVAL_BATCH].to(device))
-        chunks.append((out.logits if hasattr(out, "logits") else out).float().cpu())
-    return torch.cat(chunks), time.perf_counter() - t0
-
-
-def evaluate_classifiers(models: dict, teacher_name: str | None, held) -> dict:
-    """Per model: accuracy, per-class accuracy, ECE (+ bins), params, speed, and against
-    ``models[teacher_name]`` top-1 agreement and KL(teacher || student) at T = 1."""
-    from kdistill.eval import metrics
-    from kdistill.models.loading import count_params
-
-    x, y = held.images, held.labels
-    n_classes = None
-    logits, seconds = {}, {}
-    for name, m in models.items():
-        logits[name], seconds[name] = _predict(m, x)
-        n_classes = logits[name].shape[-1]
-    valid = torch.ones_like(y, dtype=torch.bool)
-    out = {}
-    for name, lg in logits.items():
-        pred = lg.argmax(-1)
-        correct = pred == y
-        counts, conf_sums, correct_sums = metrics.calibration_bins(
-            torch.softmax(lg, -1).max(-1).values, correct
-        )
-        r = {
-            "accuracy": float(correct.float().mean()),
-            "per_class_accuracy": [
-                float(correct[y == c].float().mean()) if bool((y == c).any()) else None
-                for c in range(n_classes)
-            ],
-            "ece": metrics.expected_calibration_error(counts, conf_sums, correct_sums),
-            "reliability": {
-                "counts": counts,
-                "conf_sums": conf_sums,
-                "correct_sums": correct_sums,
-            },
-            "params": count_params(models[name]),
-            "examples_per_s": len(y) / max(seconds[name], 1e-9),
-            "eval_examples": len(y),
-        }
-        if teacher_name is not None:
-            t = logits[teacher_name]
-            r["top1_agreement"] = metrics.agreement_count(t, lg, valid) / len(y)
-            r["kl_to_teacher"] = metrics.kl_sum(t, lg, valid) / len(y)
-        out[name] = r
-    return out
 
 
 def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict):
@@ -126,7 +67,16 @@ def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict
     return trainer, info
 
 
-def _finish(cfg, run_dir: Path, trainer, spec: dict, me: str, others: dict, info: dict):
+def _finish(
+    cfg,
+    run_dir: Path,
+    trainer,
+    spec: dict,
+    me: str,
+    others: dict,
+    info: dict,
+    other_dirs: dict[str, Path] | None = None,
+):
     """Save ``run_dir/model`` atomically, evaluate on the held-out split, write results."""
     from kdistill.models.classifiers import save_classifier
 
@@ -134,8 +84,13 @@ def _finish(cfg, run_dir: Path, trainer, spec: dict, me: str, others: dict, info
         return run_dir
     model = trainer.model
     save_classifier(model, spec, run_dir / FINAL)
+    from kdistill.eval.classifier_runner import evaluate_classifiers
+
     teacher_name = "teacher" if "teacher" in others else None
-    results = evaluate_classifiers({**others, me: model}, teacher_name, _held_out_set(cfg))
+    dirs = {me: run_dir / FINAL, **(other_dirs or {})}
+    results = evaluate_classifiers(
+        {**others, me: model}, teacher_name, _held_out_set(cfg), model_dirs=dirs
+    )
     results.update(info)
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
@@ -181,7 +136,11 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
     With ``distill.baseline`` the student trains on hard labels alone; the teacher (if given)
     is then only evaluated beside it, and the student's results are named ``baseline``.
     """
-    from kdistill.models.classifiers import classifier_from_spec, load_classifier
+    from kdistill.models.classifiers import (
+        classifier_folder,
+        classifier_from_spec,
+        load_classifier,
+    )
     from kdistill.models.loading import freeze
 
     baseline = cfg.distill.baseline
@@ -205,4 +164,5 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
     trainer, info = _train(cfg, student, online, run_dir, builders.schedule_kwargs(cfg))
     others = {} if teacher is None else {"teacher": teacher}
     me = "baseline" if baseline else "student"
-    return _finish(cfg, run_dir, trainer, spec, me, others, info)
+    dirs = {} if teacher is None else {"teacher": classifier_folder(cfg.teacher.model)}
+    return _finish(cfg, run_dir, trainer, spec, me, others, info, dirs)

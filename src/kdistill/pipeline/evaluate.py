@@ -13,6 +13,76 @@ from rich.table import Table
 def run_eval(
     teacher_spec: str,
     specs: dict[str, str],
+    data: str | None,
+    block_size: int,
+    held_out_fraction: float,
+    max_eval_tokens: int,
+    out: Path,
+    *,
+    seed: int = 0,
+) -> dict:
+    """Evaluate the teacher and ``specs`` side by side and write ``out``.
+
+    Causal LMs (bundled names, .gguf, HF folders) on held-out text; trained classifier
+    folders (``classifier.json``) on the Fashion-MNIST test split (``--data fashion-mnist``).
+    """
+    if "teacher" in specs:
+        raise ValueError("--model teacher=... is reserved; name the teacher with --teacher")
+    from kdistill.models.classifiers import is_classifier_folder
+
+    kinds = {is_classifier_folder(s) for s in [teacher_spec, *specs.values()]}
+    if kinds == {True}:
+        return _run_eval_classifiers(
+            teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed
+        )
+    if len(kinds) > 1:
+        raise ValueError(
+            "--teacher and --model mix classifier folders and language models; "
+            "evaluate one kind at a time"
+        )
+    if data == "fashion-mnist":
+        raise ValueError(
+            "--data fashion-mnist needs classifier folders (with classifier.json) for "
+            "--teacher and --model, e.g. --teacher runs/fmnist_teacher"
+        )
+    return _run_eval_lms(
+        teacher_spec, specs, data or "kjv", block_size, held_out_fraction, max_eval_tokens, out
+    )
+
+
+def _write_json(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out)
+
+
+def _run_eval_classifiers(
+    teacher_spec: str, specs: dict[str, str], data: str, max_examples: int, out: Path, seed: int
+) -> dict:
+    from kdistill.data.fashion_mnist import ImageDataset, load_split
+    from kdistill.eval.classifier_runner import evaluate_classifiers
+    from kdistill.models.classifiers import classifier_folder, load_classifier
+
+    if data != "fashion-mnist":
+        raise ValueError(f"--data {data!r}: classifier folders are evaluated on fashion-mnist")
+    models, dirs = {}, {}
+    for name, spec in {"teacher": teacher_spec, **specs}.items():
+        models[name], _ = load_classifier(spec)
+        dirs[name] = classifier_folder(spec)
+    held = ImageDataset(*load_split("test", limit=max_examples, seed=seed))
+    results = evaluate_classifiers(models, "teacher", held, model_dirs=dirs)
+    for name, r in results.items():
+        r["model"] = teacher_spec if name == "teacher" else specs[name]
+    _write_json(results, out)
+    Console().print(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
+    Console().print(f"results: {out}")
+    return results
+
+
+def _run_eval_lms(
+    teacher_spec: str,
+    specs: dict[str, str],
     data: str,
     block_size: int,
     held_out_fraction: float,
@@ -24,8 +94,6 @@ def run_eval(
     from kdistill.models.loading import load_causal_lm, resolve_model_path
     from kdistill.models.vocab import shared_vocab_size
 
-    if "teacher" in specs:
-        raise ValueError("--model teacher=... is reserved; name the teacher with --teacher")
     teacher, tok = load_causal_lm(teacher_spec, frozen=True)
     models, dirs = {"teacher": teacher}, {"teacher": resolve_model_path(teacher_spec)[0]}
     for name, spec in specs.items():
@@ -58,10 +126,7 @@ def run_eval(
         r["model"] = teacher_spec if name == "teacher" else specs[name]
         if name != "teacher":
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    _write_json(results, out)
     table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
     Console().print(table)
     Console().print(f"results: {out}")
@@ -79,6 +144,7 @@ def results_table(results: dict, title: str) -> Table:
         "top-1 agree",
         "ECE",
         "tok/s",
+        "peak mem (MB)",
     ):
         table.add_column(col, justify="right")
     for name, r in results.items():
@@ -91,5 +157,41 @@ def results_table(results: dict, title: str) -> Table:
             f"{r['top1_agreement']:.1%}",
             f"{r['ece']:.3f}" if r.get("ece") is not None else "-",
             f"{speed:.0f}" if speed else "-",
+            _mb(r.get("peak_memory_bytes")),
+        )
+    return table
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.1f}" if n is not None else "-"
+
+
+def classifier_table(results: dict, title: str) -> Table:
+    """A rich table of classifier results: params, accuracy, agreement, KL, ECE, latency."""
+    table = Table(title=title)
+    for col in (
+        "model",
+        "params (K)",
+        "accuracy",
+        "retained",
+        "agree",
+        "KL to teacher",
+        "ECE",
+        "p50 latency (ms)",
+        "peak mem (MB)",
+    ):
+        table.add_column(col, justify="right")
+    for name, r in results.items():
+        ret = r.get("accuracy_retention")
+        table.add_row(
+            name,
+            f"{r['params'] / 1e3:.1f}",
+            f"{r['accuracy']:.1%}",
+            f"{ret:.1%}" if ret is not None else "-",
+            f"{r['top1_agreement']:.1%}" if "top1_agreement" in r else "-",
+            f"{r['kl_to_teacher']:.3f}" if "kl_to_teacher" in r else "-",
+            f"{r['ece']:.3f}",
+            f"{r['latency_p50_s'] * 1e3:.2f}",
+            _mb(r.get("peak_memory_bytes")),
         )
     return table

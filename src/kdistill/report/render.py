@@ -138,12 +138,13 @@ def _millions_spec(n) -> str:
 def table(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
     head = ["model", "params (M)", "size (MB)", "perplexity" if lm else "accuracy"]
     head += ["KL to teacher", "top-1 agreement", "ECE", "tokens/s" if lm else "examples/s"]
-    head += ["latency p50 / p95 (ms)"]
+    head += ["latency p50 / p95 (ms)", "peak memory (MB)"]
     rows = []
     for name, r in models.items():
+        ms = ".0f" if (_num(r.get("latency_p50_s")) or 1.0) >= 0.01 else ".2f"
         p50, p95 = (
-            _fmt(r.get("latency_p50_s"), ".0f", 1e3),
-            _fmt(r.get("latency_p95_s"), ".0f", 1e3),
+            _fmt(r.get("latency_p50_s"), ms, 1e3),
+            _fmt(r.get("latency_p95_s"), ms, 1e3),
         )
         quality = (
             _fmt(r.get("perplexity"), ".2f") if lm else _fmt(r.get("accuracy"), ".1f", 100, "%")
@@ -159,6 +160,7 @@ def table(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
                 _fmt(ece_of(r), ".3f"),
                 _fmt(_speed(r), ".0f"),
                 "-" if p50 == p95 == "-" else f"{p50} / {p95}",
+                _fmt(r.get("peak_memory_bytes"), ".1f", 1e-6),
             ]
         )
     return head, rows
@@ -216,6 +218,9 @@ def verdict(models: dict, lm: bool, derived: dict | None = None) -> str:
             if speed <= 0.995
             else " runs at the same speed"
         )
+    mem = _ratio(_num(s.get("peak_memory_bytes")), _num(t.get("peak_memory_bytes")))
+    if mem is not None:
+        text += f", with {100 * mem:.0f}% of its peak memory"
     sv, bv = _num(s.get(key)), _num((b or {}).get(key))
     if b is None or sv is None or bv is None:
         return text + "; no same-size baseline was measured, so the teacher's effect is unknown."
