@@ -7,8 +7,11 @@ absolute numbers are not.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -62,11 +65,33 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+@contextlib.contextmanager
+def _without_profiler_chatter():
+    """Kineto prints "USDT: ... profiler_start/stop" to fd 2 on every profile and no setting
+    turns it off; hold fd 2 in a file while profiling and pass on every other line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith("USDT:"):
+                    sys.stderr.write(line)
+
+
 def _peak_cpu_allocations(call: Callable[[], object]) -> int:
     """Peak bytes of torch CPU allocations made (and not yet freed) while ``call`` runs."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _without_profiler_chatter(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         call()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
