@@ -6,7 +6,7 @@ naming the key's path and the nearest valid name.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -78,6 +78,11 @@ class DataSpec(Strict):
     max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")
     max_eval_tokens: int | None = Field(16384, ge=1, description="cap on held-out tokens")
     max_train_examples: int | None = Field(None, ge=1, description="classifier: cap on examples")
+    teacher_logprobs: bool = Field(
+        False,
+        description="soft term from the per-token top logprobs stored with generations "
+        "(kdistill generate, generate.top_logprobs > 0); no teacher model is run",
+    )
 
 
 class DistillSpec(Strict):
@@ -193,6 +198,10 @@ class GenerateSpec(Strict):
     stop: list[str] = Field(default_factory=list, description="stop strings")
     system_prompt: str | None = Field(None, description="prepended system message")
     top_logprobs: int = Field(0, ge=0, le=20, description="per-token top logprobs to keep")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra request fields, e.g. {repeat_penalty: 1.0} for llama.cpp greedy",
+    )
     max_concurrency: int = Field(8, ge=1, description="requests in flight")
     rate_limit_per_s: float | None = Field(None, gt=0, description="max request starts/s")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout")

@@ -17,8 +17,36 @@ import torch
 IGNORE_INDEX = -100
 
 
-def load_records(source: str, text_field: str = "text") -> list[str | list[dict]]:
-    """Documents (str) or chat conversations (list of {role, content})."""
+def _generation_records(path: Path) -> list[dict] | None:
+    """Rows of a ``kdistill generate`` kept.jsonl (they have ``completion`` or
+    ``teacher_tokens``), read with json: their nested top-logprob pairs are not Arrow-typed."""
+    import json
+
+    with path.open(encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        head = json.loads(first) if first.strip() else {}
+    except ValueError:
+        return None
+    if not isinstance(head, dict) or not ({"completion", "teacher_tokens"} & head.keys()):
+        return None
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from exc
+        if "messages" not in row and not {"prompt", "completion"} <= row.keys():
+            raise ValueError(f"{path.name} line {n}: needs messages, or prompt and completion")
+        rows.append(row)
+    return rows
+
+
+def load_records(source: str, text_field: str = "text") -> list[str | list[dict] | dict]:
+    """Documents (str), chat conversations (list of {role, content}), or generation records
+    (dict: ``messages`` or ``prompt`` + ``completion``, maybe with the teacher's logprobs)."""
     if source == "kjv":
         from kdistill.data.kjv import kjv_chapters
 
@@ -35,6 +63,8 @@ def load_records(source: str, text_field: str = "text") -> list[str | list[dict]
         raise ValueError(
             f"data source {path.name}: unsupported suffix; use .txt, .jsonl or .parquet"
         )
+    if path.suffix == ".jsonl" and (rows := _generation_records(path)) is not None:
+        return rows
     import datasets
 
     kind = "parquet" if path.suffix == ".parquet" else "json"
@@ -168,9 +198,21 @@ def build_lm_datasets(
     max_train_tokens: int | None = None,
     max_eval_tokens: int | None = None,
     seed: int = 0,
-) -> tuple[BlockDataset, BlockDataset]:
+    teacher_logprobs: bool = False,
+):
+    """(train, held-out) datasets. With ``teacher_logprobs`` (generation records only) the
+    training items also carry the teacher's sparse targets (see ``data.completions``)."""
     records = load_records(source, text_field)
     train, held = split_held_out(records, held_out_fraction, seed)
+    if isinstance(records[0], dict):
+        from kdistill.data.completions import generation_datasets
+
+        return generation_datasets(tokenizer, train, held, block_size, teacher_logprobs)
+    if teacher_logprobs:
+        raise ValueError(
+            "data.teacher_logprobs needs a kept.jsonl from kdistill generate "
+            f"(with generate.top_logprobs > 0); {source!r} holds no generations"
+        )
     if isinstance(records[0], list):
         tr = [chat_example(tokenizer, m, block_size) for m in train]
         ho = [chat_example(tokenizer, m, block_size) for m in held]

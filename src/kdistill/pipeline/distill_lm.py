@@ -85,14 +85,23 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
         return run_dir
     set_seed(cfg.seed)
     cached = cfg.teacher.cache is not None and not cfg.distill.baseline
+    from_api = cfg.data.teacher_logprobs and not cfg.distill.baseline
+    if cached and from_api:
+        raise ValueError("teacher.cache and data.teacher_logprobs: choose one source of targets")
     teacher, student, tok, vocab = load_models(
-        cfg, need_teacher=not cfg.distill.baseline and not cached
+        cfg, need_teacher=not cfg.distill.baseline and not cached and not from_api
     )
-    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
+    data_kw = {**builders.data_kwargs(cfg), "teacher_logprobs": from_api}
+    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **data_kw)
     collator = CausalCollator(tok.pad_token_id)
     signal_temperature = 1.0
     if cached:
         train_ds, collator, signal_temperature = _cached_data(cfg, tok, train_ds)
+    if from_api:
+        from kdistill.teachers.cached import CachedCollator
+
+        print(f"[kdistill] {train_ds.signal_stats.line()}")
+        collator = CachedCollator(tok.pad_token_id)
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
     trainer = KDTrainer(

@@ -33,6 +33,8 @@ def _params(g) -> dict:
         "stop": g.stop,
         "system_prompt": g.system_prompt,
         "top_logprobs": g.top_logprobs,
+        "mode": g.mode,
+        "extra_body": g.extra_body,
     }
 
 
@@ -117,13 +119,20 @@ def _with_shares(records: list[dict]) -> None:
             r["sequence_share"] = math.exp(r["logprob"] - m) / z
 
 
-def _training_record(r: dict) -> dict:
-    msgs = list(r["messages"] or [{"role": "user", "content": r["prompt"]}])
-    return {
-        "messages": [*msgs, {"role": "assistant", "content": r["completion"]}],
-        "prompt_id": r["prompt_id"],
-        "sample": r["sample"],
-    }
+def _training_record(r: dict, mode: str) -> dict:
+    """Chat mode: ``messages`` ending in the assistant's reply; completions mode: ``prompt``
+    and ``completion`` text. Both keep the teacher's tokens and per-token top logprobs (when
+    the backend gave them) for the soft term of ``data.teacher_logprobs``."""
+    out = {"prompt_id": r["prompt_id"], "sample": r["sample"]}
+    if mode == "completions" and r["prompt"] is not None:
+        out.update(prompt=r["prompt"], completion=r["completion"])
+    else:
+        msgs = list(r["messages"] or [{"role": "user", "content": r["prompt"]}])
+        out["messages"] = [*msgs, {"role": "assistant", "content": r["completion"]}]
+    out["finish_reason"] = r.get("finish_reason")
+    if r.get("tokens") and r.get("top_logprobs"):
+        out.update(teacher_tokens=r["tokens"], teacher_top_logprobs=r["top_logprobs"])
+    return out
 
 
 def _filters(f):
@@ -164,7 +173,7 @@ def run_generate(cfg: RunConfig) -> dict:
     records = sorted(store.records, key=lambda r: (r["prompt_id"], r["sample"]))
     _with_shares(records)
     kept, counts = apply_filters([dict(r) for r in records], _filters(g.filters))
-    _atomic_jsonl(out / "kept.jsonl", [_training_record(r) for r in kept])
+    _atomic_jsonl(out / "kept.jsonl", [_training_record(r, g.mode) for r in kept])
     p_tok = sum(r["usage"]["prompt_tokens"] for r in records)
     c_tok = sum(r["usage"]["completion_tokens"] for r in records)
     summary = {

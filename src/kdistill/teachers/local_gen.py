@@ -12,8 +12,14 @@ class LocalGenerator:
         self.model = model
         self.tok = tokenizer
 
-    def _prompt_ids(self, prompt, system_prompt: str | None) -> torch.Tensor:
-        if prompt.messages is not None or getattr(self.tok, "chat_template", None):
+    def _prompt_ids(self, prompt, system_prompt: str | None, mode: str = "chat") -> torch.Tensor:
+        """Chat mode: the chat template (when the tokenizer has one); completions mode or no
+        template: the prompt text as is, like a server's ``/v1/completions``."""
+        use_template = mode == "chat" and getattr(self.tok, "chat_template", None)
+        if prompt.messages is not None and not use_template:
+            text = "\n".join(m["content"] for m in prompt.messages)
+            return self.tok(text, return_tensors="pt")["input_ids"]
+        if use_template:
             msgs = list(prompt.messages or [{"role": "user", "content": prompt.text}])
             if system_prompt and msgs[0].get("role") != "system":
                 msgs = [{"role": "system", "content": system_prompt}, *msgs]
@@ -25,7 +31,7 @@ class LocalGenerator:
 
     @torch.no_grad()
     def generate(self, prompt, sample: int, params: dict) -> dict:
-        ids = self._prompt_ids(prompt, params.get("system_prompt"))
+        ids = self._prompt_ids(prompt, params.get("system_prompt"), params.get("mode", "chat"))
         temp = params.get("sampling_temperature", 1.0)
         torch.manual_seed(sample_seed(prompt.id, sample))
         kwargs = {
@@ -58,6 +64,7 @@ class LocalGenerator:
             "completion": text,
             "logprob": float(chosen.sum()),
             "top_logprobs": top,
+            "tokens": [self.tok.decode([int(t)]) for t in new],
             "finish_reason": finish,
             "usage": {"prompt_tokens": int(ids.shape[1]), "completion_tokens": len(new)},
         }

@@ -130,6 +130,7 @@ class OpenAICompatibleTeacher:
         }
         if params.get("stop"):
             body["stop"] = params["stop"]
+        body.update(params.get("extra_body") or {})
         k = params.get("top_logprobs", 0)
         if self.mode == "chat":
             msgs = list(prompt.messages or [{"role": "user", "content": prompt.text}])
@@ -163,6 +164,7 @@ def parse_response(data: dict, mode: str) -> dict:
         "completion": "",
         "logprob": None,
         "top_logprobs": None,
+        "tokens": None,
         "finish_reason": choice.get("finish_reason"),
         "usage": {
             "prompt_tokens": usage.get("prompt_tokens", 0),
@@ -175,6 +177,7 @@ def parse_response(data: dict, mode: str) -> dict:
         content = (lp or {}).get("content") if isinstance(lp, dict) else None
         if content:
             out["logprob"] = float(sum(t["logprob"] for t in content))
+            out["tokens"] = [t.get("token") for t in content]
             out["top_logprobs"] = [
                 [[a["token"], a["logprob"]] for a in t.get("top_logprobs", [])] for t in content
             ]
@@ -182,6 +185,7 @@ def parse_response(data: dict, mode: str) -> dict:
         out["completion"] = choice.get("text") or ""
         if isinstance(lp, dict) and lp.get("token_logprobs"):
             out["logprob"] = float(sum(x for x in lp["token_logprobs"] if x is not None))
+            out["tokens"] = lp.get("tokens")
             tops = lp.get("top_logprobs") or []
             out["top_logprobs"] = [
                 sorted(([t, v] for t, v in (d or {}).items()), key=lambda x: -x[1]) for d in tops
