@@ -100,8 +100,8 @@ def run_ours(teacher, tok, train_ds, steps: int, batch: int, out: Path, chunk: i
         loss_chunk_size=chunk,
         callbacks=[timer],
     )
-    trainer.train()
-    return timer.times, count_params(student)
+    out = trainer.train()
+    return timer.times, count_params(student), out.training_loss
 
 
 class _TRLCollator:
@@ -116,8 +116,14 @@ class _TRLCollator:
 
 
 def run_trl(teacher, tok, train_ds, steps: int, batch: int, out: Path):
+    import datasets
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
+    # TRL wants a datasets.Dataset: the very same token blocks, as torch tensors
+    rows = [train_ds[i] for i in range(len(train_ds))]
+    hf_ds = datasets.Dataset.from_dict(
+        {k: [r[k].tolist() for r in rows] for k in ("input_ids", "labels")}
+    ).with_format("torch")
     student = build_student_from_teacher(teacher, seed=0, every=3)
     timer = StepTimer()
     cfg = GKDConfig(
@@ -133,13 +139,13 @@ def run_trl(teacher, tok, train_ds, steps: int, batch: int, out: Path):
         model=student,
         teacher_model=teacher,
         args=cfg,
-        train_dataset=train_ds,
+        train_dataset=hf_ds,
         data_collator=_TRLCollator(tok.pad_token_id),
         processing_class=tok,
         callbacks=[timer],
     )
-    trainer.train()
-    return timer.times, trl_version()
+    out = trainer.train()
+    return timer.times, trl_version(), out.training_loss
 
 
 def trl_version() -> str:
@@ -188,7 +194,7 @@ def main() -> None:
     n_student = None
     for name, fn in runs:
         try:
-            times, extra = fn()
+            times, extra, loss = fn()
         except Exception as exc:
             result["contestants"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"{name}: {type(exc).__name__}: {exc}")
@@ -197,7 +203,7 @@ def main() -> None:
             n_student = extra
         timed = times[args.warmup :]
         step_s = statistics.median(timed)
-        entry = {"step_seconds": timed, "median_step_s": step_s}
+        entry = {"step_seconds": timed, "median_step_s": step_s, "mean_train_loss": loss}
         entry["tokens_per_s"] = tokens_per_step / step_s
         if name == "trl_gkd":
             entry["trl_version"] = extra

@@ -94,20 +94,35 @@ def test_greedy_served_matches_local_or_diverges_only_at_near_ties(llama_server,
     gen = LocalGenerator(model, tok)
     params = {"sampling_temperature": 0, "max_tokens": 12, "mode": "completions"}
     params["top_logprobs"] = 20
-    same, gaps = 0, []
+    same, gaps, noise = 0, [], []
     for i, text in enumerate(PARITY_PROMPTS):
-        served = _complete(llama_server, text, 12)["tokens"]
+        lp = _complete(llama_server, text, 12)
+        served = lp["tokens"]
         local = gen.generate(Prompt(id=str(i), text=text), 0, params)
-        if served == local["tokens"]:
+        j = next(
+            (k for k, (a, b) in enumerate(zip(served, local["tokens"], strict=True)) if a != b),
+            None,
+        )
+        # the two backends' log-probs of the same tokens on the shared prefix: the numeric noise
+        for k in range(len(served) if j is None else j):
+            top = dict((p, v) for p, v in local["top_logprobs"][k])
+            noise.append(abs(lp["token_logprobs"][k] - top[served[k]]))
+        if j is None:
             same += 1
             continue
-        j = next(k for k, (a, b) in enumerate(zip(served, local["tokens"])) if a != b)
-        top = dict((p, lp) for p, lp in local["top_logprobs"][j])
-        assert served[j] in top, f"{text!r}: served token {served[j]!r} not in local top 20"
+        ranked = [p for p, _ in local["top_logprobs"][j]]
+        assert served[j] in ranked[:3], f"{text!r}: served {served[j]!r} not in local top 3"
+        top = dict((p, v) for p, v in local["top_logprobs"][j])
         gaps.append(top[local["tokens"][j]] - top[served[j]])
-    print(f"\ngreedy parity: {same}/{len(PARITY_PROMPTS)} identical; gaps at divergence {gaps}")
+    print(
+        f"\ngreedy parity: {same}/{len(PARITY_PROMPTS)} identical; local log-prob gap between "
+        f"the two candidates where they part: {[round(g, 3) for g in gaps]} nats; served vs "
+        f"local log-prob of the same token: mean {sum(noise) / len(noise):.3f}, "
+        f"max {max(noise):.3f} nats over {len(noise)} tokens"
+    )
     assert same >= 2
-    assert all(g < 0.5 for g in gaps), gaps  # nats between the two candidates
+    assert max(noise) > 0  # the backends do differ numerically (Q4_1 x Q8 vs fp32)
+    assert all(g < 1.0 for g in gaps), gaps  # a near-tie: runner-up by under 1 nat
 
 
 def test_generate_through_faults_exactly_once_with_logprobs(llama_server, tmp_path):
@@ -134,7 +149,8 @@ def test_generate_through_faults_exactly_once_with_logprobs(llama_server, tmp_pa
         for r in recs:
             n = r["usage"]["completion_tokens"]
             assert 1 <= n <= 6 and len(r["tokens"]) == len(r["top_logprobs"]) == n
-            assert all(1 <= len(t) <= 3 for t in r["top_logprobs"])
+            # top 3, plus the sampled token where it is not among them (as OpenAI does)
+            assert all(1 <= len(t) <= 4 for t in r["top_logprobs"])
             assert r["logprob"] < 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["records"] == len(recs) and summary["completion_tokens"] > 0
@@ -198,12 +214,18 @@ def test_student_finetuned_on_served_generations_agrees_more(llama_server, real_
     assert main(argv) == 0
     student, _ = load_causal_lm(str(run / "model"), frozen=True)
     after = _agreement(student, tok, held)
+    # the same run as plain SFT on the generated text (hard labels only)
+    sft_run = tmp_path / "sft"
+    sft = [*argv, f"output_dir={sft_run}", "data.teacher_logprobs=false"]
+    assert main([*sft, "distill.soft_weight=0", "distill.hard_weight=1"]) == 0
+    sft_after = _agreement(load_causal_lm(str(sft_run / "model"), frozen=True)[0], tok, held)
     teacher_self = _agreement(teacher, tok, held)
     log = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
     print(
         f"\nheld-out agreement with the served teacher's greedy tokens: student before "
-        f"{before:.3f}, after {after:.3f} (local fp32 teacher itself {teacher_self:.3f}); "
+        f"{before:.3f}; after 24 steps with the soft term from API logprobs {after:.3f}, "
+        f"as plain SFT {sft_after:.3f} (local fp32 teacher itself {teacher_self:.3f}); "
         f"soft loss {log[0]['soft_loss']:.3f} -> {log[-1]['soft_loss']:.3f}"
     )
     assert all(math.isfinite(r["loss"]) and r["soft_loss"] > 0 for r in log)
-    assert after > before + 0.03
+    assert after > before + 0.03 and sft_after > before + 0.03
