@@ -56,6 +56,8 @@ class Schedule:
                     "step milestones must be strictly increasing fractions in (0, 1), "
                     f"got {list(self.milestones)}"
                 )
+            if not all(math.isfinite(v) for v in self.values):
+                raise ValueError(f"step schedule values must be finite, got {list(self.values)}")
 
     def __call__(self, step: int, total_steps: int) -> float:
         return self.value(step, total_steps)
@@ -95,6 +97,13 @@ def as_schedule(spec: float | int | Schedule | dict) -> Schedule:
         return constant(float(spec))
     if isinstance(spec, dict):
         data = dict(spec)
+        known = Schedule.__dataclass_fields__
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown schedule key(s) {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(known)}"
+            )
         for key in ("milestones", "values"):
             if key in data:
                 data[key] = tuple(data[key])

@@ -129,6 +129,10 @@ def test_linear_and_cosine_are_monotone_and_bounded(start, end, total, kind):
         ({"start": 1.0, "warmup_steps": 2.5}, "warmup_steps"),
         ({"start": math.nan}, "start must be finite"),
         ({"warmup_start": math.inf}, "warmup_start must be finite"),
+        (
+            {"kind": "step", "start": 1.0, "milestones": (0.5,), "values": (math.nan,)},
+            "values must be finite",
+        ),
     ],
 )
 def test_validation(kwargs, msg):
@@ -149,6 +153,8 @@ def test_as_schedule_inputs():
     assert as_schedule({"kind": "linear", "start": 1.0, "end": 3.0})(1, 2) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="unknown schedule kind"):
         as_schedule({"kind": "nope"})
+    with pytest.raises(ValueError, match=r"unknown schedule key.*'strat'.*valid keys: kind, start"):
+        as_schedule({"kind": "linear", "strat": 1.0, "end": 2.0})
     with pytest.raises(ValueError, match="number or a mapping"):
         as_schedule("1.0")
     with pytest.raises(ValueError, match="number or a mapping"):

@@ -62,7 +62,7 @@ def distill(
     if cfg.task == "classifier":
         from kdistill.pipeline.classifier import run_distill_classifier
 
-        out = run_distill_classifier(cfg, fresh=fresh)
+        out = run_distill_classifier(cfg, fresh=fresh, resume=resume)
     else:
         from kdistill.pipeline.distill_lm import run_distill_lm
 

@@ -33,7 +33,9 @@ def _held_out_set(cfg: RunConfig):
     return ImageDataset(*load_split("test", limit=cfg.data.max_eval_tokens, seed=cfg.seed))
 
 
-def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict):
+def _train(
+    cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict, resume: bool = True
+):
     """Train ``model`` with KDTrainer (resuming from the newest complete checkpoint)."""
     from transformers import TrainingArguments
 
@@ -54,7 +56,7 @@ def _train(cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict
         callbacks=[CompleteMarker()],
         **builders.objective_kwargs(cfg),
     )
-    last = latest_complete_checkpoint(ckpt)
+    last = latest_complete_checkpoint(ckpt) if resume else None
     if last is not None:
         print(f"[kdistill] resuming from {last}")
     t0 = time.perf_counter()
@@ -130,7 +132,7 @@ def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path
     return _finish(cfg, run_dir, trainer, spec, "teacher", {}, info)
 
 
-def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
+def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) -> Path:
     """Stage 2: distil the trained teacher (``teacher.model`` folder) into ``student.model``.
 
     With ``distill.baseline`` the student trains on hard labels alone; the teacher (if given)
@@ -161,7 +163,7 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
         cfg.student.model or "mlp", cfg.student.channels, cfg.student.hidden
     )
     online = None if baseline else teacher
-    trainer, info = _train(cfg, student, online, run_dir, builders.schedule_kwargs(cfg))
+    trainer, info = _train(cfg, student, online, run_dir, builders.schedule_kwargs(cfg), resume)
     others = {} if teacher is None else {"teacher": teacher}
     me = "baseline" if baseline else "student"
     dirs = {} if teacher is None else {"teacher": classifier_folder(cfg.teacher.model)}
