@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -132,6 +133,14 @@ def test_served_records_have_logprobs_shares_and_training_data(server, tmp_path)
     assert summary["completion_tokens"] > 0 and summary["cost"] > 0
     kept = [json.loads(x) for x in (out / "kept.jsonl").read_text().splitlines()]
     assert len(kept) == 10 and kept[0]["messages"][-1]["role"] == "assistant"
+    # normalised sequence probabilities across each prompt's 2 samples, by hand
+    lp = {(r["prompt_id"], r["sample"]): r["logprob"] for r in rows}
+    for k in kept:
+        a, b = lp[(k["prompt_id"], 0)], lp[(k["prompt_id"], 1)]
+        mine = lp[(k["prompt_id"], k["sample"])]
+        assert k["sequence_share"] == pytest.approx(math.exp(mine) / (math.exp(a) + math.exp(b)))
+        assert k["logprob"] == mine
+    assert all(len(k["teacher_tokens"]) == len(k["teacher_top_logprobs"]) for k in kept)
 
 
 def test_bad_key_is_one_line_and_keeps_finished_work(tmp_path, capsys):

@@ -130,6 +130,9 @@ def _training_record(r: dict, mode: str) -> dict:
         msgs = list(r["messages"] or [{"role": "user", "content": r["prompt"]}])
         out["messages"] = [*msgs, {"role": "assistant", "content": r["completion"]}]
     out["finish_reason"] = r.get("finish_reason")
+    # the sample's total log-prob and its share among the prompt's n samples ("I am hungry 60%")
+    out["logprob"] = r.get("logprob")
+    out["sequence_share"] = r.get("sequence_share")
     if r.get("tokens") and r.get("top_logprobs"):
         out.update(teacher_tokens=r["tokens"], teacher_top_logprobs=r["top_logprobs"])
     return out
