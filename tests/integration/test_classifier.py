@@ -90,7 +90,12 @@ def test_fashion_mnist_teacher_then_student_through_cli(tmp_path, capsys):
     argv += ["--model", f"baseline={b_dir / 'model'}", "--max-eval-tokens", "500"]
     assert main([*argv, "--out", str(out)]) == 0
     ev = json.loads(out.read_text())
+    derived = ev.pop("derived")
     assert list(ev) == ["teacher", "student", "baseline"]
+    gap = ev["student"]["accuracy"] - ev["baseline"]["accuracy"]
+    assert derived["student_minus_baseline_accuracy"] == pytest.approx(gap)
+    assert derived["teacher_helped"] == (gap > 0)
+    assert derived["student_acc_retention"] == pytest.approx(ev["student"]["accuracy_retention"])
     assert ev["student"]["accuracy"] == pytest.approx(res["student"]["accuracy"], abs=0.08)
     assert ev["teacher"]["top1_agreement"] == 1.0 and ev["teacher"]["kl_to_teacher"] < 1e-6
     for name, r in ev.items():

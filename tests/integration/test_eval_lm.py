@@ -115,7 +115,9 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
     ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
-    assert set(res) == {"teacher", "copy"}
+    assert set(res) == {"teacher", "copy", "derived"}
     assert res["copy"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert res["derived"]["copy_ppl_retention"] == pytest.approx(1.0, rel=1e-6)
+    assert res["derived"]["copy_size_fraction"] == 1.0
     assert res["copy"]["perplexity_retention"] == pytest.approx(1.0, rel=1e-6)
     assert main(["eval", "--model", "broken"]) == 2

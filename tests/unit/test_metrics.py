@@ -67,3 +67,34 @@ def test_tempered_probs_entropy_and_jsd_by_hand():
     assert shares == pytest.approx([0.6 / 0.95, 0.25 / 0.95, 0.1 / 0.95])
     with pytest.raises(ValueError, match="temperature"):
         metrics.tempered_probs(logits, 0.0)
+
+
+def test_derived_fields_by_hand():
+    from kdistill.eval.derived import derive
+
+    lm = {
+        "teacher": {"perplexity": 10.0, "params": 100, "forward_tokens_per_s": 50.0},
+        "student": {
+            "perplexity": 20.0,
+            "params": 25,
+            "forward_tokens_per_s": 150.0,
+            "peak_memory_bytes": 30,
+        },
+        "baseline": {"perplexity": 25.0, "params": 25},
+    }
+    lm["teacher"]["peak_memory_bytes"] = 120
+    d = derive(lm, lm=True)
+    assert d["student_ppl_retention"] == 0.5 and d["baseline_ppl_retention"] == 0.4
+    assert d["student_size_fraction"] == 0.25 and d["student_speedup"] == 3.0
+    assert d["student_peak_memory_fraction"] == 0.25 and d["baseline_speedup"] is None
+    assert d["student_vs_baseline_ppl_ratio"] == 0.8 and d["teacher_helped"] is True
+    cls = {
+        "teacher": {"accuracy": 0.9, "params": 10},
+        "student": {"accuracy": 0.72, "params": 5},
+        "baseline": {"accuracy": 0.75, "params": 5},
+    }
+    d = derive(cls, lm=False)
+    assert d["student_acc_retention"] == pytest.approx(0.8)
+    assert d["student_minus_baseline_accuracy"] == pytest.approx(-0.03)
+    assert d["teacher_helped"] is False
+    assert derive({"student": {"accuracy": 0.5}}, lm=False) == {}

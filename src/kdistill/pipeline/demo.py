@@ -37,21 +37,6 @@ def _atomic_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def derive(results: dict) -> dict:
-    """Retention vs the teacher and the teacher's effect over the baseline."""
-    from kdistill.eval.metrics import retention
-
-    t, s, b = results["teacher"], results["student"], results["baseline"]
-    return {
-        "student_ppl_retention": retention(s["perplexity"], t["perplexity"], lower_is_better=True),
-        "baseline_ppl_retention": retention(b["perplexity"], t["perplexity"], lower_is_better=True),
-        "student_vs_baseline_ppl_ratio": s["perplexity"] / b["perplexity"],
-        "student_size_fraction": s["params"] / t["params"],
-        "student_speedup": (s["forward_tokens_per_s"] or 0) / (t["forward_tokens_per_s"] or 1),
-        "teacher_helped": s["perplexity"] < b["perplexity"],
-    }
-
-
 def print_table(results: dict) -> None:
     from kdistill.pipeline.evaluate import results_table
 
@@ -112,7 +97,9 @@ def run_demo(
         results[name]["train"] = summary
         results[name]["run_dir"] = str(d)
     results["teacher"]["model"] = s_cfg.teacher.model
-    payload = {**results, "derived": derive(results), "timings": timings}
+    from kdistill.eval.derived import derive
+
+    payload = {**results, "derived": derive(results, lm=True), "timings": timings}
     _atomic_json(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]

@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from kdistill.eval.derived import derive
+
 
 def run_eval(
     teacher_spec: str,
@@ -74,7 +76,7 @@ def _run_eval_classifiers(
     results = evaluate_classifiers(models, "teacher", held, model_dirs=dirs)
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
-    _write_json(results, out)
+    _write_json({**results, "derived": derive(results, lm=False)}, out)
     Console().print(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
     Console().print(f"results: {out}")
     return results
@@ -126,7 +128,7 @@ def _run_eval_lms(
         r["model"] = teacher_spec if name == "teacher" else specs[name]
         if name != "teacher":
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
-    _write_json(results, out)
+    _write_json({**results, "derived": derive(results, lm=True)}, out)
     table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
     Console().print(table)
     Console().print(f"results: {out}")
