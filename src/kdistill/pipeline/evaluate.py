@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -136,18 +137,11 @@ def _run_eval_lms(
 
 
 def results_table(results: dict, title: str) -> Table:
-    """A rich table of LM results: params, perplexity, KL, agreement, ECE, tokens/s."""
-    table = Table(title=title)
-    for col in (
-        "model",
-        "params (M)",
-        "perplexity",
-        "KL to teacher",
-        "top-1 agree",
-        "ECE",
-        "tok/s",
-        "peak mem (MB)",
-    ):
+    """A rich table of LM results (fits 80 columns): params, perplexity, KL to the teacher,
+    top-1 agreement, ECE, forward tokens/s, peak memory."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("model", justify="right", no_wrap=True)
+    for col in ("params M", "perplexity", "KL", "agree", "ECE", "tok/s", "peak MB"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         speed = r.get("forward_tokens_per_s")
@@ -170,18 +164,9 @@ def _mb(n) -> str:
 
 def classifier_table(results: dict, title: str) -> Table:
     """A rich table of classifier results: params, accuracy, agreement, KL, ECE, latency."""
-    table = Table(title=title)
-    for col in (
-        "model",
-        "params (K)",
-        "accuracy",
-        "retained",
-        "agree",
-        "KL to teacher",
-        "ECE",
-        "p50 latency (ms)",
-        "peak mem (MB)",
-    ):
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("model", justify="right", no_wrap=True)
+    for col in ("params K", "accuracy", "retained", "agree", "KL", "ECE", "p50 ms", "peak MB"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         ret = r.get("accuracy_retention")
