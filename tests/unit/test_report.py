@@ -303,3 +303,12 @@ def test_report_source_imports_only_stdlib_and_matplotlib():
             for name in names:
                 ok = name.split(".")[0] in allowed or name.startswith("kdistill.report")
                 assert ok, (path.name, name)
+
+
+def test_per_class_uses_class_names_when_they_fit():
+    from kdistill.report.render import _per_class
+
+    r = {"per_class_accuracy": [0.5, 0.25], "class_names": ["Shirt", "Bag"]}
+    assert _per_class(r) == {"Shirt": 0.5, "Bag": 0.25}
+    r["class_names"] = ["Shirt"]  # wrong length: indices, not a mislabelled chart
+    assert _per_class(r) == {"0": 0.5, "1": 0.25}

@@ -35,6 +35,7 @@ def evaluate_classifiers(
     held,
     *,
     model_dirs: dict[str, Path | None] | None = None,
+    class_names: list[str] | None = None,
 ) -> dict[str, dict]:
     """Per model: accuracy, per-class accuracy, ECE (+ bins), params, size, latency p50/p95
     for one image, peak memory, examples/s; against ``models[teacher_name]``: top-1
@@ -83,6 +84,7 @@ def evaluate_classifiers(
             "latency_p95_s": p95,
             "latency_input": "1 image 1x28x28",
             "eval_examples": len(y),
+            "class_names": list(class_names) if class_names else None,
             **resources.peak_forward_memory(model, forward),
         }
         if teacher_name is not None:

@@ -90,8 +90,14 @@ def _finish(
 
     teacher_name = "teacher" if "teacher" in others else None
     dirs = {me: run_dir / FINAL, **(other_dirs or {})}
+    from kdistill.data.fashion_mnist import CLASSES
+
     results = evaluate_classifiers(
-        {**others, me: model}, teacher_name, _held_out_set(cfg), model_dirs=dirs
+        {**others, me: model},
+        teacher_name,
+        _held_out_set(cfg),
+        model_dirs=dirs,
+        class_names=list(CLASSES),
     )
     results.update(info)
     tmp = run_dir / "results.json.tmp"

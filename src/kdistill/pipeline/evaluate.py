@@ -63,7 +63,7 @@ def _write_json(results: dict, out: Path) -> None:
 def _run_eval_classifiers(
     teacher_spec: str, specs: dict[str, str], data: str, max_examples: int, out: Path, seed: int
 ) -> dict:
-    from kdistill.data.fashion_mnist import ImageDataset, load_split
+    from kdistill.data.fashion_mnist import CLASSES, ImageDataset, load_split
     from kdistill.eval.classifier_runner import evaluate_classifiers
     from kdistill.models.classifiers import classifier_folder, load_classifier
 
@@ -74,7 +74,9 @@ def _run_eval_classifiers(
         models[name], _ = load_classifier(spec)
         dirs[name] = classifier_folder(spec)
     held = ImageDataset(*load_split("test", limit=max_examples, seed=seed))
-    results = evaluate_classifiers(models, "teacher", held, model_dirs=dirs)
+    results = evaluate_classifiers(
+        models, "teacher", held, model_dirs=dirs, class_names=list(CLASSES)
+    )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
     _write_json({**results, "derived": derive(results, lm=False)}, out)

@@ -61,13 +61,23 @@ def retention_bars(retention: dict[str, float], definition: str) -> bytes:
     names = list(retention)
     vals = [100 * retention[n] for n in names]
     bars = ax.bar(names, vals, color=[color(n, i) for i, n in enumerate(names)])
-    ax.axhline(100, color=COLORS["teacher"], ls="--", lw=1, label="teacher = 100%")
+    ax.axhline(100, color=COLORS["teacher"], ls="--", lw=1)
+    # the line's label sits outside the axes, where no bar value can collide with it
+    ax.text(
+        1.01,
+        100,
+        "teacher\n= 100%",
+        transform=ax.get_yaxis_transform(),
+        color=COLORS["teacher"],
+        fontsize=8,
+        va="center",
+        ha="left",
+    )
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}%", ha="center", va="bottom")
     ax.set_ylabel("quality retained (%)")
-    ax.set_ylim(0, max(105, max(vals) * 1.15))
+    ax.set_ylim(0, max(110, max(vals) * 1.15))
     ax.set_title(f"Quality retained vs the teacher\n({definition})", fontsize=10)
-    _legend(ax, loc="upper right", fontsize=8)
     return _png(fig)
 
 
@@ -156,16 +166,20 @@ def reliability(bins_by_model: dict[str, dict], ece: dict[str, float | None]) ->
 
 def per_class_accuracy(per_class: dict[str, dict[str, float]]) -> bytes:
     classes = list(next(iter(per_class.values())))
-    fig = _figure(max(5, 0.6 * len(classes) * len(per_class)), 3.2)
+    # wide enough for the bars, narrow enough that the page does not shrink the text
+    fig = _figure(min(10, max(5, 0.3 * len(classes) * len(per_class))), 3.4)
     ax = fig.subplots()
     width = 0.8 / len(per_class)
     for i, (name, accs) in enumerate(per_class.items()):
         xs = [c + (i - (len(per_class) - 1) / 2) * width for c in range(len(classes))]
         ax.bar(xs, [accs.get(c, 0.0) for c in classes], width, label=name, color=color(name, i))
-    ax.set_xticks(range(len(classes)), classes)
+    if max(len(c) for c in classes) > 3:  # names, not indices: slant them
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    else:
+        ax.set_xticks(range(len(classes)), classes)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("class")
     ax.set_ylabel("accuracy")
     ax.set_title("Per-class accuracy")
-    _legend(ax, fontsize=8, loc="lower right")
+    _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)

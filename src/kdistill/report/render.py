@@ -113,8 +113,10 @@ def _bins(r: dict) -> dict | None:
 
 def _per_class(r: dict) -> dict[str, float] | None:
     pc = r.get("per_class_accuracy")
+    names = r.get("class_names")
     if isinstance(pc, list):
-        pc = {str(i): v for i, v in enumerate(pc)}
+        use_names = isinstance(names, list) and len(names) == len(pc)
+        pc = {str(names[i]) if use_names else str(i): v for i, v in enumerate(pc)}
     if not isinstance(pc, dict):
         return None
     return {str(k): _num(v) or 0.0 for k, v in pc.items()}
