@@ -181,3 +181,52 @@ def test_text_source_refuses_teacher_logprobs(tiny_tokenizer, tiny_text_file):
             held_out_fraction=0.3,
             teacher_logprobs=True,
         )
+
+
+def test_batched_local_generation_equals_one_at_a_time(tiny_tokenizer):
+    """Left padding must not change greedy tokens or log-probs (prompts of unequal length)."""
+    teacher = make_tiny_lm(tiny_tokenizer, seed=2)
+    gen = LocalGenerator(teacher, tiny_tokenizer)
+    texts = ["And", "In the beginning God created", "And the earth was without form, and"]
+    pairs = [(Prompt(id=str(i), text=t), 0) for i, t in enumerate(texts)]
+    for mode in ("completions", "chat"):
+        params = {"sampling_temperature": 0, "max_tokens": 10, "top_logprobs": 3, "mode": mode}
+        batched = gen.generate_batch(pairs, params)
+        single = [gen.generate(p, s, params) for p, s in pairs]
+        for b, s in zip(batched, single, strict=True):
+            assert b["tokens"] == s["tokens"] and b["finish_reason"] == s["finish_reason"]
+            assert b["logprob"] == pytest.approx(s["logprob"], abs=1e-4)
+            assert b["usage"] == s["usage"]
+            assert [t for t, _ in b["top_logprobs"][0]] == [t for t, _ in s["top_logprobs"][0]]
+
+
+def test_batched_generation_ends_each_row_at_its_own_eos(tiny_tokenizer):
+    """A row that stops early is padded by generate; its record ends at its first EOS."""
+    tok = tiny_tokenizer
+    teacher = make_tiny_lm(tok, seed=2)
+    eos = tok.eos_token_id
+    god = tok(" God", add_special_tokens=False)["input_ids"][-1]
+    seen = {}
+
+    def remember_ids(module, args, kwargs):
+        seen["ids"] = kwargs.get("input_ids", args[0] if args else None)
+
+    def eos_after_god(module, inputs, out):  # the model says EOS right after " God"
+        out = out.clone()
+        last = seen["ids"][:, -out.shape[1] :]  # the positions whose logits were computed
+        out[..., eos] += 100.0 * (last == god).to(out.dtype)
+        return out
+
+    teacher.register_forward_pre_hook(remember_ids, with_kwargs=True)
+    teacher.lm_head.register_forward_hook(eos_after_god)
+    gen = LocalGenerator(teacher, tok)
+    pairs = [(Prompt(id="a", text="In the beginning God"), 0), (Prompt(id="b", text="And"), 0)]
+    params = {"sampling_temperature": 0, "max_tokens": 6, "mode": "completions"}
+    single = [gen.generate(p, s, params) for p, s in pairs]
+    assert single[0]["finish_reason"] == "stop" and single[0]["usage"]["completion_tokens"] == 1
+    assert single[1]["usage"]["completion_tokens"] == 6, "the other row must run to the limit"
+    batched = gen.generate_batch(pairs, params)
+    assert [r["tokens"] for r in batched] == [r["tokens"] for r in single]
+    assert [r["finish_reason"] for r in batched] == ["stop", single[1]["finish_reason"]]
+    assert [r["usage"] for r in batched] == [r["usage"] for r in single]
+    assert batched[0]["logprob"] == pytest.approx(single[0]["logprob"], abs=1e-4)

@@ -203,6 +203,7 @@ class GenerateSpec(Strict):
         description="extra request fields, e.g. {repeat_penalty: 1.0} for llama.cpp greedy",
     )
     max_concurrency: int = Field(8, ge=1, description="requests in flight")
+    batch_size: int = Field(8, ge=1, description="local backend: sequences per generate call")
     rate_limit_per_s: float | None = Field(None, gt=0, description="max request starts/s")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
     max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts")

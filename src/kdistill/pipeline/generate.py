@@ -94,13 +94,12 @@ def _run_local(cfg: RunConfig, store: GenerationStore, todo, bar, task) -> int:
     model, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
     gen = LocalGenerator(model, tok)
     params = _params(cfg.generate)
-    for prompt, sample in todo:
-        store.add(
-            _record(
-                prompt, sample, gen.generate(prompt, sample, params), "local", cfg.teacher.model
-            )
-        )
-        bar.advance(task)
+    size = cfg.generate.batch_size
+    for start in range(0, len(todo), size):
+        batch = todo[start : start + size]
+        for (prompt, sample), result in zip(batch, gen.generate_batch(batch, params), strict=True):
+            store.add(_record(prompt, sample, result, "local", cfg.teacher.model))
+        bar.advance(task, len(batch))
     return len(todo)
 
 
