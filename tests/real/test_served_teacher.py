@@ -42,14 +42,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
+def _serve(model: Path, log: Path):
+    """Start llama_cpp.server on a free port; yield its URL; stop it."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model"]
-    argv += [str(bundled_gguf_path("smollm2-135m")), "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--logits_all", "true", "--n_ctx", "1024", "--n_threads", "2"]
-    argv += ["--model_alias", "smollm2"]
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host"]
+    argv += ["127.0.0.1", "--port", str(port), "--logits_all", "true", "--n_ctx", "1024"]
+    argv += ["--n_threads", "2", "--model_alias", "smollm2"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -64,9 +62,29 @@ def llama_server(tmp_path_factory):
             proc.kill()
             pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-800:]}")
         time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """The bundled GGUF as shipped (Q4_1)."""
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    yield from _serve(bundled_gguf_path("smollm2-135m"), log)
+
+
+@pytest.fixture(scope="module")
+def llama_server_f32(tmp_path_factory):
+    """The same weights de-quantised to F32: what the local teacher computes with."""
+    from tests.real.gguf_f32 import dequantised_copy
+
+    folder = tmp_path_factory.mktemp("llama_f32")
+    model = dequantised_copy(bundled_gguf_path("smollm2-135m"), folder / "smollm2-f32.gguf")
+    yield from _serve(model, folder / "server.log")
+    model.unlink()
 
 
 def _complete(url: str, prompt: str, max_tokens: int, **extra) -> dict:
@@ -123,6 +141,29 @@ def test_greedy_served_matches_local_or_diverges_only_at_near_ties(llama_server,
     assert same >= 2
     assert max(noise) > 0  # the backends do differ numerically (Q4_1 x Q8 vs fp32)
     assert all(g < 1.0 for g in gaps), gaps  # a near-tie: runner-up by under 1 nat
+
+
+def test_greedy_served_f32_equals_local_exactly(llama_server_f32, real_teacher):
+    """Serve the de-quantised weights and the greedy paths agree everywhere: the partings
+    above come from the Q4_1 x Q8 arithmetic, not from the client, template or sampler."""
+    model, tok = real_teacher
+    gen = LocalGenerator(model, tok)
+    params = {"sampling_temperature": 0, "max_tokens": 12, "mode": "completions"}
+    params["top_logprobs"] = 1
+    noise = []
+    for i, text in enumerate(PARITY_PROMPTS):
+        lp = _complete(llama_server_f32, text, 12)
+        local = gen.generate(Prompt(id=str(i), text=text), 0, params)
+        assert lp["tokens"] == local["tokens"], text
+        noise += [
+            abs(a - top[0][1])
+            for a, top in zip(lp["token_logprobs"], local["top_logprobs"], strict=True)
+        ]
+    print(
+        f"\nF32 server vs local: {len(PARITY_PROMPTS)}/{len(PARITY_PROMPTS)} identical; "
+        f"log-prob difference max {max(noise):.2e} nats"
+    )
+    assert max(noise) < 0.01
 
 
 def test_generate_through_faults_exactly_once_with_logprobs(llama_server, tmp_path):

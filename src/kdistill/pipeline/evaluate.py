@@ -40,8 +40,8 @@ def run_eval(
         )
     if len(kinds) > 1:
         raise ValueError(
-            "--teacher and --model mix classifier folders and language models; "
-            "evaluate one kind at a time"
+            f"--teacher {teacher_spec} and --model mix classifier folders and language models; "
+            "evaluate one kind at a time (for classifiers pass --teacher <teacher run folder>)"
         )
     if data == "fashion-mnist":
         raise ValueError(
