@@ -160,6 +160,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_kd_step"))
+    ap.add_argument(
+        "--chunks",
+        default="none,128",
+        help="loss_chunk_size values for kdistill contestants ('none' = full logits)",
+    )
+    ap.add_argument("--no-trl", action="store_true", help="leave TRL out")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "kd_step_cpu.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     teacher, tok = load_causal_lm("smollm2-135m", frozen=True)
@@ -186,11 +193,13 @@ def main() -> None:
     }
     t_start = time.perf_counter()
     common = (teacher, tok, train_ds, args.steps, args.batch, args.out)
-    runs = [
-        ("kdistill", lambda: run_ours(*common, None)),
-        ("kdistill_chunked", lambda: run_ours(*common, 256)),
-        ("trl_gkd", lambda: run_trl(*common)),
-    ]
+    runs = []
+    for c in args.chunks.split(","):
+        chunk = None if c == "none" else int(c)
+        name = "kdistill" if chunk is None else f"kdistill_chunk{chunk}"
+        runs.append((name, lambda chunk=chunk: run_ours(*common, chunk)))
+    if not args.no_trl:
+        runs.append(("trl_gkd", lambda: run_trl(*common)))
     n_student = None
     for name, fn in runs:
         try:
@@ -218,11 +227,12 @@ def main() -> None:
             entry["mfu"] = entry["achieved_flops"] / peak
     c = result["contestants"]
     if "tokens_per_s" in c.get("trl_gkd", {}):
-        for name in ("kdistill", "kdistill_chunked"):
-            if "tokens_per_s" in c.get(name, {}):
-                c[name]["speed_vs_trl"] = c[name]["tokens_per_s"] / c["trl_gkd"]["tokens_per_s"]
+        for name, entry in c.items():
+            if name.startswith("kdistill") and "tokens_per_s" in entry:
+                entry["speed_vs_trl"] = entry["tokens_per_s"] / c["trl_gkd"]["tokens_per_s"]
     result["seconds"] = time.perf_counter() - t_start
-    out = HERE / "results" / "kd_step_cpu.json"
+    out = args.json
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "contestants"}, indent=2))
     print(f"wrote {out}")

@@ -270,7 +270,7 @@ class _ChunkedKD(torch.autograd.Function):
 
 def _check_inputs(hidden, head_weight, teacher, labels, teacher_head_weight, chunk_size):
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}; e.g. 1024")
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}; e.g. 128")
     if hidden.dim() != 2 or head_weight.dim() != 2:
         raise ValueError(
             "student_hidden must be (N, H) and head_weight (V, H); flatten batch and sequence first"
@@ -323,7 +323,7 @@ def chunked_kd_loss(
     scale_by_t2: bool = True,
     ignore_index: int = -100,
     num_items: torch.Tensor | int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
     head_bias: torch.Tensor | None = None,
     logit_scale: float | None = None,
     softcap: float | None = None,
