@@ -284,28 +284,39 @@ def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_fil
         capture_output=True,
     )
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    proc = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            demo,
-            *_sgd_overrides(
-                tiny_teacher_dir,
-                tiny_chat_file,
-                two,
-                **common,
-                **{"training.per_device_batch_size": 2},
-            ),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def run_two_ranks() -> subprocess.CompletedProcess:
+        shutil.rmtree(two, ignore_errors=True)
+        return subprocess.run(
+            [
+                torchrun,
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                str(script),
+                demo,
+                *_sgd_overrides(
+                    tiny_teacher_dir,
+                    tiny_chat_file,
+                    two,
+                    **common,
+                    **{"training.per_device_batch_size": 2},
+                ),
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+
+    proc = run_two_ranks()
+    if proc.returncode != 0 and "received by PID" in proc.stderr:
+        # once in CI a rank died by SIGABRT inside gloo with no Python error; a rank killed
+        # by a signal gets one more try (a real bug fails both), and the first stderr is kept
+        first = proc.stderr
+        proc = run_two_ranks()
+        assert proc.returncode == 0, first[:3000] + "\n...\n" + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-2000:]
     l1, l2 = _log(one), _log(two)
     assert len(l1) == len(l2) == 3
     for a, b in zip(l1, l2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,8 @@ DONE = "kdistill-done"
 def prepare_run_dir(cfg: RunConfig, *, fresh: bool = False) -> Path:
     """Create the folder; refuse a folder that holds a run of a different config."""
     out = Path(cfg.output_dir)
-    if fresh and out.exists():
+    # under torchrun every rank gets here; only the main one may delete the old run
+    if fresh and out.exists() and int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
