@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 
 from kdistill.config import builders
 from kdistill.config.schema import RunConfig
-from kdistill.pipeline.run_dir import FINAL, is_done, prepare_run_dir
+from kdistill.pipeline.run_dir import FINAL, is_done, prepare_run_dir, write_json_atomically
 
 
 def _check_source(cfg: RunConfig) -> None:
@@ -100,9 +99,7 @@ def _finish(
         class_names=list(CLASSES),
     )
     results.update(info)
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(run_dir / "results.json")
+    write_json_atomically(run_dir / "results.json", results)
     line = f"{me} accuracy {results[me]['accuracy']:.3f}"
     if teacher_name is not None and me != teacher_name:
         line += f", agreement with teacher {results[me]['top1_agreement']:.3f}"

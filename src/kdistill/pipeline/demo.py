@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kdistill.config.loader import load_config
+from kdistill.pipeline.run_dir import write_json_atomically
 
 console = Console()
 
@@ -29,12 +29,6 @@ def demo_configs(output_dir: Path, max_steps: int | None, overrides: list[str] |
         [f"output_dir={output_dir / 'baseline'}", "distill.baseline=true", *extra],
     )
     return student, baseline
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def print_table(results: dict) -> None:
@@ -100,7 +94,7 @@ def run_demo(
     from kdistill.eval.derived import derive
 
     payload = {**results, "derived": derive(results, lm=True), "timings": timings}
-    _atomic_json(out / "results.json", payload)
+    write_json_atomically(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]
     console.print(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from rich import box
@@ -11,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kdistill.eval.derived import derive
+from kdistill.pipeline.run_dir import write_json_atomically
 
 
 def run_eval(
@@ -53,13 +52,6 @@ def run_eval(
     )
 
 
-def _write_json(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
-
-
 def _run_eval_classifiers(
     teacher_spec: str, specs: dict[str, str], data: str, max_examples: int, out: Path, seed: int
 ) -> dict:
@@ -79,7 +71,7 @@ def _run_eval_classifiers(
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
-    _write_json({**results, "derived": derive(results, lm=False)}, out)
+    write_json_atomically(out, {**results, "derived": derive(results, lm=False)})
     Console().print(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
     Console().print(f"results: {out}")
     return results
@@ -131,7 +123,7 @@ def _run_eval_lms(
         r["model"] = teacher_spec if name == "teacher" else specs[name]
         if name != "teacher":
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
-    _write_json({**results, "derived": derive(results, lm=True)}, out)
+    write_json_atomically(out, {**results, "derived": derive(results, lm=True)})
     table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
     Console().print(table)
     Console().print(f"results: {out}")
@@ -141,10 +133,7 @@ def _run_eval_lms(
 def results_table(results: dict, title: str) -> Table:
     """A rich table of LM results (fits 80 columns): params, perplexity, KL to the teacher,
     top-1 agreement, ECE, forward tokens/s, peak memory."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("model", justify="right", no_wrap=True)
-    for col in ("params M", "perplexity", "KL", "agree", "ECE", "tok/s", "peak MB"):
-        table.add_column(col, justify="right")
+    table = _table(title, ("params M", "perplexity", "KL", "agree", "ECE", "tok/s", "peak MB"))
     for name, r in results.items():
         speed = r.get("forward_tokens_per_s")
         table.add_row(
@@ -160,16 +149,23 @@ def results_table(results: dict, title: str) -> Table:
     return table
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A borderless table with the model's name first; narrow enough for 80 columns."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("model", justify="right", no_wrap=True)
+    for col in columns:
+        table.add_column(col, justify="right")
+    return table
+
+
 def _mb(n) -> str:
     return f"{n / 1e6:.1f}" if n is not None else "-"
 
 
 def classifier_table(results: dict, title: str) -> Table:
     """A rich table of classifier results: params, accuracy, agreement, KL, ECE, latency."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("model", justify="right", no_wrap=True)
-    for col in ("params K", "accuracy", "retained", "agree", "KL", "ECE", "p50 ms", "peak MB"):
-        table.add_column(col, justify="right")
+    columns = ("params K", "accuracy", "retained", "agree", "KL", "ECE", "p50 ms", "peak MB")
+    table = _table(title, columns)
     for name, r in results.items():
         ret = r.get("accuracy_retention")
         table.add_row(

@@ -21,6 +21,7 @@ from kdistill.data.filters import (
     verifier_filter,
 )
 from kdistill.data.generations import GenerationStore, load_prompts
+from kdistill.pipeline.run_dir import write_json_atomically
 
 console = Console()
 
@@ -192,7 +193,7 @@ def run_generate(cfg: RunConfig) -> dict:
         "filters": counts,
         "kept": len(kept),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomically(out / "summary.json", summary)
     console.print(
         f"{len(records)} generations ({already} already done, {len(todo)} now); "
         f"kept {len(kept)} after filters -> {out / 'kept.jsonl'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -36,6 +37,16 @@ def prepare_run_dir(cfg: RunConfig, *, fresh: bool = False) -> Path:
             )
     save_config(cfg, saved)
     return out
+
+
+def write_json_atomically(path: Path, data) -> Path:
+    """Write ``data`` as indented JSON through a temporary file and a rename: a reader sees
+    the old file or the whole new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path
 
 
 def is_done(run_dir: Path) -> bool:
