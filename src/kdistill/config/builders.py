@@ -49,7 +49,6 @@ def data_kwargs(cfg: RunConfig) -> dict:
         "max_train_tokens": d.max_train_tokens,
         "max_eval_tokens": d.max_eval_tokens,
         "seed": cfg.seed,
-        "teacher_logprobs": d.teacher_logprobs,
     }
 
 

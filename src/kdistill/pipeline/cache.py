@@ -65,8 +65,7 @@ def build_manifest(cfg: RunConfig, teacher, tok, train_ds):
 def _train_blocks(cfg: RunConfig, tok):
     from kdistill.data.lm import build_lm_datasets
 
-    kw = {**builders.data_kwargs(cfg), "teacher_logprobs": False}
-    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **kw)
+    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
     if not isinstance(train_ds.examples, torch.Tensor):
         raise ValueError("kdistill cache supports packed text data; chat data is not cached yet")
     return train_ds

@@ -91,8 +91,9 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
     teacher, student, tok, vocab = load_models(
         cfg, need_teacher=not cfg.distill.baseline and not cached and not from_api
     )
-    data_kw = {**builders.data_kwargs(cfg), "teacher_logprobs": from_api}
-    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **data_kw)
+    train_ds, _ = build_lm_datasets(
+        tok, cfg.data.source, **builders.data_kwargs(cfg), teacher_logprobs=from_api
+    )
     collator = CausalCollator(tok.pad_token_id)
     signal_temperature = 1.0
     if cached:
