@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdistill.data.lm import IGNORE_INDEX
+from kdistill.data.lm import IGNORE_INDEX, BlockDataset, chat_example
 
 SIGNAL_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_log_tail")
 
@@ -158,8 +158,6 @@ class SignalDataset(torch.utils.data.Dataset):
 
 def generation_example(tokenizer, record: dict, max_length: int) -> tuple[list[int], list[int]]:
     if "messages" in record:
-        from kdistill.data.lm import chat_example
-
         return chat_example(tokenizer, record["messages"], max_length)
     return prompt_completion_example(
         tokenizer,
@@ -173,8 +171,6 @@ def generation_example(tokenizer, record: dict, max_length: int) -> tuple[list[i
 def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_size: int, signal):
     """(train, held-out) from generation records; ``signal``: attach the teacher's targets to
     the training items (its coverage is in ``train.signal_stats``)."""
-    from kdistill.data.lm import BlockDataset
-
     tr = [generation_example(tokenizer, r, block_size) for r in train]
     ho = BlockDataset([generation_example(tokenizer, r, block_size) for r in held])
     if not signal:

@@ -78,8 +78,8 @@ class LocalGenerator:
         for r, p in enumerate(prompts):
             new = out.sequences[r, width:]
             n = len(new)
-            if eos is not None and len(pairs) > 1:
-                # a finished row is padded afterwards: it ends at its first EOS (kept)
+            if eos is not None:
+                # a row that finished early is padded afterwards: it ends at its first EOS
                 hits = (new == eos).nonzero()
                 n = int(hits[0]) + 1 if len(hits) else n
             new, logp = new[:n], logp_all[r, :n]
