@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from kdistill.errors import KdistillError
 
 FORMAT_VERSION = 1
 ALIGNMENT = (
@@ -20,7 +21,7 @@ ALIGNMENT = (
 )
 
 
-class StoreError(ValueError):
+class StoreError(KdistillError, ValueError):
     """A store that is missing, incomplete, corrupt or does not match the run."""
 
 
@@ -68,25 +69,6 @@ class Manifest:
         for key in ("shards", "complete"):
             d.pop(key)
         return d
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the destination folder, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def sha256_file(path: Path) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from kdistill.cache.manifest import Manifest, StoreError, atomic_write_bytes, sha256_file
+from kdistill.cache.manifest import Manifest, StoreError, sha256_file
+from kdistill.files import atomic_write_bytes
 from kdistill.softlabels import encode_positions, sampled_rows, topk_rows
 
 TeacherFn = Callable[[torch.Tensor], torch.Tensor]  # (B, L) ids -> (B, L, V) fp32 log-probs

@@ -6,12 +6,12 @@ returns 2. Set ``KDISTILL_DEBUG=1`` to see the full traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from kdistill import __version__
@@ -28,7 +28,20 @@ ConfigArg = Annotated[Path, typer.Argument(help="YAML run config (see src/kdisti
 OverridesArg = Annotated[
     list[str] | None, typer.Argument(help="dotted overrides, e.g. training.max_steps=50")
 ]
-FreshOpt = Annotated[bool, typer.Option("--fresh", help="delete the run folder and start over")]
+FreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="delete what kdistill wrote in the run folder (never other files) and start over",
+    ),
+]
+AllowTeacherOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-teacher-change",
+        help="use stored signals or generations made by another teacher than the config's",
+    ),
+]
 
 
 def _version(value: bool):
@@ -54,8 +67,10 @@ def distill(
     resume: Annotated[
         bool, typer.Option(help="continue from the latest complete checkpoint in the run folder")
     ] = True,
+    allow_teacher_change: AllowTeacherOpt = False,
 ):
-    """Distil a teacher into a student as CONFIG says (resumes automatically)."""
+    """Distil a teacher into a student as CONFIG says (resumes automatically; SIGTERM or
+    SIGUSR1 saves a complete checkpoint and exits 128 + the signal number)."""
     from kdistill.config.loader import load_config
 
     cfg = load_config(config, overrides or [])
@@ -66,7 +81,9 @@ def distill(
     else:
         from kdistill.pipeline.distill_lm import run_distill_lm
 
-        out = run_distill_lm(cfg, fresh=fresh, resume=resume)
+        out = run_distill_lm(
+            cfg, fresh=fresh, resume=resume, allow_teacher_change=allow_teacher_change
+        )
     typer.echo(f"student saved in {out / 'model'}")
 
 
@@ -93,7 +110,7 @@ def cache(
     args = list(overrides or [])
     if config == "plan":
         if not args:
-            raise click.UsageError("usage: kdistill cache plan CONFIG [key=value ...]")
+            raise typer.BadParameter("usage: kdistill cache plan CONFIG [key=value ...]")
         from kdistill.pipeline.cache import run_cache_plan
 
         run_cache_plan(load_config(args[0], args[1:]))
@@ -121,9 +138,9 @@ def inspect(
     try:
         temps = [float(t) for t in temperatures.split(",") if t.strip()]
     except ValueError as exc:
-        raise click.BadParameter(f"--temperatures must be numbers, got {temperatures!r}") from exc
+        raise typer.BadParameter(f"--temperatures must be numbers, got {temperatures!r}") from exc
     if not temps or any(t <= 0 for t in temps):
-        raise click.BadParameter("--temperatures must be > 0, e.g. 0.5,1,2")
+        raise typer.BadParameter("--temperatures must be > 0, e.g. 0.5,1,2")
     run_inspect(model, prompt, temps, sequences, out)
 
 
@@ -141,13 +158,17 @@ def datacheck(
 
 
 @app.command()
-def generate(config: ConfigArg, overrides: OverridesArg = None):
+def generate(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    allow_teacher_change: AllowTeacherOpt = False,
+):
     """Teacher writes completions for generate.prompts (local model or OpenAI-compatible
     server), exactly once per (prompt, sample), resumable; filtered into kept.jsonl."""
     from kdistill.config.loader import load_config
     from kdistill.pipeline.generate import run_generate
 
-    run_generate(load_config(config, overrides or []))
+    run_generate(load_config(config, overrides or []), allow_teacher_change=allow_teacher_change)
 
 
 @app.command("eval")
@@ -189,7 +210,7 @@ def eval_(
     for item in model:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
-            raise click.BadParameter(f"--model {item!r}: use NAME=SPEC, e.g. student=runs/x/model")
+            raise typer.BadParameter(f"--model {item!r}: use NAME=SPEC, e.g. student=runs/x/model")
         specs[name] = spec
     run_eval(teacher, specs, data, block_size, held_out_fraction, max_eval_tokens, out, seed=seed)
 
@@ -205,11 +226,12 @@ def report(
     ] = None,
 ):
     """Render a self-contained HTML report card (+ Markdown) from results JSON files."""
+    from kdistill.errors import MissingFileError
     from kdistill.report import render_report
 
     for p in results:
         if not p.is_file():
-            raise FileNotFoundError(f"results file {str(p)!r} not found")
+            raise MissingFileError(f"results file {str(p)!r} not found")
     html_path, md_path = render_report(results, out or results[0].parent, logs)
     typer.echo(f"report: {html_path} and {md_path}")
 
@@ -230,49 +252,83 @@ def demo(
     run_demo(str(output_dir), max_steps, fresh=fresh, overrides=overrides or [])
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kdistill.cache import StoreError
-    from kdistill.config.loader import ConfigError
-    from kdistill.models.bundled import ModelNotFoundError
-    from kdistill.teachers.served import ServedError
-    from kdistill.training.step import NonFiniteError
+def _cli_exception(exc: BaseException, name: str) -> bool:
+    """``exc`` is click's (or typer's vendored copy of click's) exception class ``name``.
 
-    return (
-        ServedError,
-        ConfigError,
-        ModelNotFoundError,
-        NonFiniteError,
-        StoreError,
-        FileNotFoundError,
-        ValueError,
+    typer >= 0.29 raises its own copies of click's exceptions, older typer raises click's;
+    both are recognised by class name and home package, so neither version needs a pin."""
+    return any(
+        c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer")
+        for c in type(exc).__mro__
     )
 
 
+def _quiet_third_party() -> None:
+    """Silence library warnings and info logs so that an error line is not lost among them
+    (kdistill's own progress bars and training bars stay)."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", module=r"(?!kdistill)")
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar a failure interrupted, so the error starts on its own line."""
+    tqdm_mod = sys.modules.get("tqdm")
+    if tqdm_mod is None:
+        return
+    for bar in list(getattr(tqdm_mod.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
+def _error_line(text: str) -> int:
+    _close_progress_bars()
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    sys.stderr.write(f"kdistill: error: {line}\n")
+    sys.stderr.flush()
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (0 ok, 2 user error)."""
+    """Run the CLI; return the exit code (0 ok, 2 user error, 128+N stopped by signal N).
+
+    User mistakes (:class:`~kdistill.errors.KdistillError`, command-line usage errors, a full
+    disk or an unwritable path) print one line and return 2; anything else is a bug and keeps
+    its traceback."""
+    from kdistill.errors import KdistillError, Preempted
+    from kdistill.files import is_environment_error, output_error
+
+    _quiet_third_party()
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = command.main(args=args, prog_name="kdistill", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        print("kdistill: aborted", file=sys.stderr)
-        return 130
-    except click.ClickException as exc:
-        print(f"kdistill: error: {exc.format_message()}", file=sys.stderr)
-        return 2
-    except _user_errors() as exc:
+    except KdistillError as exc:
         if os.environ.get("KDISTILL_DEBUG"):
             raise
-        from kdistill.training.step import NonFiniteError
-
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        # a training-time error interrupts a progress bar: start on a fresh line
-        sep = "\n" if isinstance(exc, NonFiniteError) else ""
-        print(f"{sep}kdistill: error: {msg}", file=sys.stderr)
-        return 2
+        return _error_line(str(exc) or type(exc).__name__)
+    except Preempted as exc:
+        _close_progress_bars()
+        print(f"kdistill: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except Exception as exc:
+        if _cli_exception(exc, "Exit"):
+            return exc.exit_code
+        if _cli_exception(exc, "Abort"):
+            print("kdistill: aborted", file=sys.stderr)
+            return 130
+        if _cli_exception(exc, "NoArgsIsHelpError"):
+            print(exc.format_message())
+            return 2
+        if _cli_exception(exc, "ClickException"):
+            return _error_line(exc.format_message())
+        if is_environment_error(exc) and not os.environ.get("KDISTILL_DEBUG"):
+            return _error_line(str(output_error(exc)))
+        raise
 
 
 def run() -> None:

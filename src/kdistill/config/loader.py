@@ -7,16 +7,17 @@ for unknown keys, the nearest valid name.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from kdistill.config.schema import RunConfig
+from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(KdistillError, ValueError):
     """A one-line, user-facing configuration error."""
 
 
@@ -116,6 +117,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def save_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML (atomically; each process through its own temporary
     file, so ranks of a distributed run that all write it cannot race on the rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kdistill.data.lm import IGNORE_INDEX, BlockDataset, chat_example
+from kdistill.errors import InputError
 
 SIGNAL_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_log_tail")
 
@@ -176,7 +177,7 @@ def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_si
     if not signal:
         return BlockDataset(tr), ho
     if not any(r.get("teacher_top_logprobs") for r in train):
-        raise ValueError(
+        raise InputError(
             "data.teacher_logprobs: these generations hold no per-token top logprobs; "
             "re-run kdistill generate with generate.top_logprobs > 0"
         )

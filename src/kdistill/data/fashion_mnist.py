@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdistill.errors import InputError, MissingFileError
+
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = (
     "T-shirt/top",
@@ -30,9 +32,20 @@ def read_idx(path: Path) -> np.ndarray:
         data = fh.read()
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path.name}: not a uint8 IDX file")
+        raise InputError(f"{path.name}: not a uint8 IDX file")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def check_available(root: Path = ROOT) -> None:
+    """The Debian package's files are there (checked before a run claims its folder)."""
+    for prefix in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            if not (root / f"{prefix}-{kind}-ubyte.gz").is_file():
+                raise MissingFileError(
+                    f"Fashion-MNIST not found in {root}; install it with "
+                    "`apt-get install dataset-fashion-mnist`"
+                )
 
 
 def load_split(split: str, root: Path = ROOT, limit: int | None = None, seed: int = 0):
@@ -40,14 +53,14 @@ def load_split(split: str, root: Path = ROOT, limit: int | None = None, seed: in
     prefix = {"train": "train", "test": "t10k"}[split]
     img_path = root / f"{prefix}-images-idx3-ubyte.gz"
     if not img_path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Fashion-MNIST not found in {root}; install it with "
             "`apt-get install dataset-fashion-mnist`"
         )
     raw = torch.from_numpy(read_idx(img_path).copy())  # uint8 (N, 28, 28)
     labels = torch.from_numpy(read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
     if len(raw) != len(labels):
-        raise ValueError(f"{root}: {len(raw)} {prefix} images but {len(labels)} labels")
+        raise InputError(f"{root}: {len(raw)} {prefix} images but {len(labels)} labels")
     if limit is not None and limit < len(labels):
         idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit]
         raw, labels = raw[idx], labels[idx]

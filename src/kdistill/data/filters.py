@@ -15,6 +15,8 @@ import importlib
 import re
 from collections.abc import Callable
 
+from kdistill.errors import InputError
+
 THINK = re.compile(r"<think>(.*?)</think>\s*(.*)", re.DOTALL)
 
 
@@ -38,11 +40,16 @@ def make_answer_checker(
         try:
             fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"answer checker {callable_path!r} not importable; give module:function"
             ) from exc
         return fn
-    pattern = re.compile(regex) if regex else None
+    try:
+        pattern = re.compile(regex) if regex else None
+    except re.error as exc:
+        raise InputError(
+            f"generate.filters.answer_regex {regex!r} is not a valid regex ({exc}); fix it"
+        ) from None
 
     def check(final: str, reference: str) -> bool:
         if pattern is not None:

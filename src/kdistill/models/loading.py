@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from kdistill.errors import InputError, KdistillError
 from kdistill.models.bundled import BUNDLED, ModelNotFoundError, materialise_bundled
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,6 +62,76 @@ def resolve_model_path(spec: str) -> tuple[Path, str | None]:
     )
 
 
+def _check_safetensors(path: Path) -> None:
+    """Header readable and the data as long as the header says (a truncated copy fails)."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        header = fh.read(n) if 0 < n <= size - 8 else b""
+    try:
+        meta = json.loads(header)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: not a readable safetensors file; re-save or re-download it")
+    ends = [v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) > size:
+        raise InputError(
+            f"{path}: truncated ({size} bytes, the header needs {8 + n + max(ends)}); "
+            "re-save or re-download it"
+        )
+
+
+def check_model_files(spec: str, field: str) -> None:
+    """Cheap checks before anything loads: the spec names a model whose files are there and
+    readable (``field`` names the setting in error lines). A bundled model is checked by its
+    package."""
+    import json
+
+    if spec in BUNDLED:
+        from kdistill.models.bundled import bundled_gguf_path
+
+        bundled_gguf_path(spec)
+        return
+    folder, gguf = resolve_model_path(spec)
+    if gguf:
+        with open(folder / gguf, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise InputError(f"{field}: {spec!r} is not a GGUF file (no GGUF header)")
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        config = None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise InputError(
+            f"{field}: {folder / 'config.json'} is not a valid model config (JSON with "
+            "model_type); re-save the model with save_pretrained"
+        )
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        raise InputError(
+            f"{field}: {folder} has a config.json but no weights (*.safetensors or "
+            "pytorch_model.bin); copy the weight files into it"
+        )
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{field}: {index} is not a valid weight index") from None
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise InputError(f"{field}: {folder} lacks weight shard {missing[0]}")
+    for w in weights:
+        if w.suffix == ".safetensors":
+            _check_safetensors(w)
+
+
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
@@ -77,14 +148,22 @@ def load_causal_lm(spec: str, dtype: str = "float32", *, frozen: bool = False):
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     folder, gguf = resolve_model_path(spec)
-    if gguf:
-        model, tok = load_gguf(folder / gguf, DTYPES[dtype])
-        model = to_plain_model(model)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
-        tok = load_tokenizer(str(folder))
+    try:
+        if gguf:
+            model, tok = load_gguf(folder / gguf, DTYPES[dtype])
+            model = to_plain_model(model)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+            tok = load_tokenizer(str(folder))
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        if isinstance(exc, KdistillError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise InputError(
+            f"model {spec!r} could not be loaded ({first}); check that its files are whole"
+        ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if frozen:

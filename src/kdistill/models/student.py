@@ -12,6 +12,8 @@ import copy
 
 import torch
 
+from kdistill.errors import InputError
+
 
 def select_layers(
     n_layers: int, keep_layers: list[int] | None = None, every: int | None = None
@@ -22,10 +24,10 @@ def select_layers(
     0, k, 2k, ... and always the last layer (so the top of the stack, next to the head, stays).
     """
     if (keep_layers is None) == (every is None):
-        raise ValueError("student: give exactly one of keep_layers (a list) or every (an int >= 1)")
+        raise InputError("student: give exactly one of keep_layers (a list) or every (an int >= 1)")
     if every is not None:
         if every < 1:
-            raise ValueError(f"student.every must be >= 1, got {every}")
+            raise InputError(f"student.every must be >= 1, got {every}")
         chosen = list(range(0, n_layers, every))
         if chosen[-1] != n_layers - 1:
             chosen.append(n_layers - 1)
@@ -34,13 +36,13 @@ def select_layers(
     for i in keep_layers:
         j = i + n_layers if i < 0 else i
         if not 0 <= j < n_layers:
-            raise ValueError(
+            raise InputError(
                 f"student.keep_layers has {i}, but the teacher has {n_layers} layers "
                 f"(0..{n_layers - 1})"
             )
         out.append(j)
     if len(set(out)) != len(out) or not out:
-        raise ValueError(f"student.keep_layers must be non-empty and distinct, got {keep_layers}")
+        raise InputError(f"student.keep_layers must be non-empty and distinct, got {keep_layers}")
     return sorted(out)
 
 
@@ -48,7 +50,7 @@ def _blocks(model) -> torch.nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(
+        raise InputError(
             f"cannot build a student from {type(model).__name__}: expected decoder blocks at "
             "model.model.layers (Llama-style); give the student as its own model instead"
         )
@@ -82,7 +84,7 @@ def build_student_from_teacher(
     if hidden_size is not None:
         heads = config.num_attention_heads
         if hidden_size % heads:
-            raise ValueError(
+            raise InputError(
                 f"student.hidden_size {hidden_size} must be divisible by "
                 f"num_attention_heads {heads}"
             )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from kdistill.errors import InputError
+
 
 def tokenizer_fingerprint(tokenizer) -> str:
     vocab = tokenizer.get_vocab()
@@ -22,14 +24,14 @@ def shared_vocab_size(
 ) -> int:
     """The number of real token ids both sides share; logits are sliced to this."""
     if tokenizer_fingerprint(teacher_tok) != tokenizer_fingerprint(student_tok):
-        raise ValueError(
+        raise InputError(
             "teacher and student tokenizers differ; kdistill needs the same tokenizer on both "
             "sides (cross-tokenizer distillation is not supported yet): pick a student from "
             "the teacher's family or build one with `student.from_teacher`"
         )
     real = len(teacher_tok)
     if teacher_logit_dim < real or student_logit_dim < real:
-        raise ValueError(
+        raise InputError(
             f"a model's output dim ({teacher_logit_dim}, {student_logit_dim}) is smaller than "
             f"the tokenizer's {real} ids; the checkpoint does not match its tokenizer"
         )

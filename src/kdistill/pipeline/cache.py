@@ -12,6 +12,7 @@ from rich.table import Table
 
 from kdistill.config import builders
 from kdistill.config.schema import RunConfig
+from kdistill.errors import InputError
 
 console = Console()
 
@@ -47,8 +48,14 @@ def build_manifest(cfg: RunConfig, teacher, tok, train_ds):
         else {"name": "sampled", "n": c.n}
     )
     tmpl = getattr(tok, "chat_template", None)
+    from kdistill.models.identity import local_model_identity
+
     return Manifest(
-        teacher={"model": cfg.teacher.model, "weights_sha256": _weights_hash(teacher)},
+        teacher={
+            "model": cfg.teacher.model,
+            "weights_sha256": _weights_hash(teacher),
+            "identity": local_model_identity(cfg.teacher.model),
+        },
         tokenizer_hash=tokenizer_fingerprint(tok),
         vocab_size=len(tok),
         chat_template_hash=hashlib.sha256(tmpl.encode()).hexdigest()[:16] if tmpl else None,
@@ -67,18 +74,58 @@ def _train_blocks(cfg: RunConfig, tok):
 
     train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
     if not isinstance(train_ds.examples, torch.Tensor):
-        raise ValueError("kdistill cache supports packed text data; chat data is not cached yet")
+        raise InputError("kdistill cache supports packed text data; chat data is not cached yet")
     return train_ds
+
+
+def estimated_bytes_per_token(c) -> float:
+    """A generous upper estimate of the store's size per token (before anything runs):
+    ids of up to 18 bits, 1-2 value bytes, a float16 tail and a length byte per kept id."""
+    kept = c.k if c.method == "topk" else c.n
+    value = 2 if c.value_kind() == "logprob16" else 1
+    return kept * (18 / 8 + value) + 3
+
+
+def _check_store_folder(cfg: RunConfig) -> None:
+    """A store already in ``cache.dir`` must be this teacher's (resuming it): one store never
+    mixes two teachers' signals."""
+    from kdistill.cache import Manifest
+    from kdistill.pipeline.preflight import check_store_teacher
+
+    mpath = Path(cfg.cache.dir) / "manifest.json"
+    if mpath.is_file():
+        check_store_teacher(
+            Manifest.load(mpath).teacher,
+            cfg.teacher.model,
+            allow=False,
+            where=f"cache.dir={cfg.cache.dir!r}",
+        )
 
 
 def run_cache(cfg: RunConfig):
     from kdistill.cache import write_store
-    from kdistill.models.loading import load_causal_lm
+    from kdistill.files import check_free_space, check_output_folder
+    from kdistill.folders import claim_folder
+    from kdistill.models.loading import check_model_files, load_causal_lm, load_tokenizer
 
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
-    teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    check_output_folder(cfg.cache.dir, "cache.dir")
+    check_model_files(cfg.teacher.model, "teacher.model")
+    _check_store_folder(cfg)
+    tok = load_tokenizer(cfg.teacher.model)
     train_ds = _train_blocks(cfg, tok)
+    check_free_space(
+        cfg.cache.dir,
+        train_ds.examples.numel() * estimated_bytes_per_token(cfg.cache),
+        f"the store in cache.dir={cfg.cache.dir!r}",
+    )
+    with claim_folder(cfg.cache.dir, "cache", field="cache.dir"):
+        teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+        return _fill_store(cfg, teacher, tok, train_ds, write_store)
+
+
+def _fill_store(cfg: RunConfig, teacher, tok, train_ds, write_store):
     manifest = build_manifest(cfg, teacher, tok, train_ds)
     dest = Path(cfg.cache.dir)
     with Progress(console=console, transient=True) as bar:
@@ -151,7 +198,11 @@ def plan_rows(logprobs: torch.Tensor, vocab: int, seed: int = 0) -> list[dict]:
 
 
 def run_cache_plan(cfg: RunConfig, sample_blocks: int = 4) -> list[dict]:
-    from kdistill.models.loading import load_causal_lm
+    from kdistill.data.lm import load_records
+    from kdistill.models.loading import check_model_files, load_causal_lm
+
+    check_model_files(cfg.teacher.model, "teacher.model")
+    load_records(cfg.data.source, cfg.data.text_field)
 
     teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
     train_ds = _train_blocks(cfg, tok)

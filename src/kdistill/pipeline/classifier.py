@@ -9,12 +9,14 @@ import torch
 
 from kdistill.config import builders
 from kdistill.config.schema import RunConfig
-from kdistill.pipeline.run_dir import FINAL, is_done, prepare_run_dir, write_json_atomically
+from kdistill.errors import InputError, Preempted
+from kdistill.files import atomic_write_json, check_output_folder
+from kdistill.pipeline.run_dir import FINAL, RunFolder, open_run
 
 
 def _check_source(cfg: RunConfig) -> None:
     if cfg.data.source != "fashion-mnist":
-        raise ValueError(f"classifier data.source must be fashion-mnist, got {cfg.data.source!r}")
+        raise InputError(f"classifier data.source must be fashion-mnist, got {cfg.data.source!r}")
 
 
 def _train_set(cfg: RunConfig):
@@ -33,17 +35,19 @@ def _held_out_set(cfg: RunConfig):
 
 
 def _train(
-    cfg: RunConfig, model, teacher, run_dir: Path, schedules_kwargs: dict, resume: bool = True
+    cfg: RunConfig, model, teacher, run: RunFolder, schedules_kwargs: dict, resume: bool = True
 ):
     """Train ``model`` with KDTrainer (resuming from the newest complete checkpoint)."""
     from transformers import TrainingArguments
 
     from kdistill.data.fashion_mnist import collate_images
     from kdistill.training.checkpoint import CompleteMarker, latest_complete_checkpoint
+    from kdistill.training.preemption import PreemptionCallback
     from kdistill.training.step import KDSchedules
     from kdistill.training.trainer import KDTrainer
 
-    ckpt = run_dir / "checkpoints"
+    ckpt = run.path / "checkpoints"
+    preemption = PreemptionCallback()
     trainer = KDTrainer(
         model=model,
         args=TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt))),
@@ -51,15 +55,19 @@ def _train(
         data_collator=collate_images,
         teacher=teacher,
         schedules=KDSchedules.build(**schedules_kwargs),
-        log_path=run_dir / "kd_log.jsonl",
-        callbacks=[CompleteMarker()],
+        log_path=run.path / "kd_log.jsonl",
+        callbacks=[CompleteMarker(), preemption],
         **builders.objective_kwargs(cfg),
     )
     last = latest_complete_checkpoint(ckpt) if resume else None
     if last is not None:
         print(f"[kdistill] resuming from {last}")
+    run.save_config(cfg)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    with preemption.armed():
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if preemption.signum is not None:
+        raise Preempted(preemption.signum, trainer.state.global_step, str(ckpt))
     info = {
         "train_seconds": time.perf_counter() - t0,
         "global_step": trainer.state.global_step,
@@ -99,7 +107,7 @@ def _finish(
         class_names=list(CLASSES),
     )
     results.update(info)
-    write_json_atomically(run_dir / "results.json", results)
+    atomic_write_json(run_dir / "results.json", results)
     line = f"{me} accuracy {results[me]['accuracy']:.3f}"
     if teacher_name is not None and me != teacher_name:
         line += f", agreement with teacher {results[me]['top1_agreement']:.3f}"
@@ -108,31 +116,42 @@ def _finish(
     return run_dir
 
 
-def _start(cfg: RunConfig, fresh: bool) -> Path | None:
-    """The prepared run folder, or None when it already holds a finished run."""
+def _start(cfg: RunConfig, fresh: bool):
+    """The claimed run folder (check before claiming), or None when it already holds a
+    finished run."""
+    from kdistill.data.fashion_mnist import check_available
+    from kdistill.pipeline.preflight import check_training_extra
+
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
-    run_dir = prepare_run_dir(cfg, fresh=fresh)
-    if is_done(run_dir) and not fresh:
-        print(f"[kdistill] {run_dir} is already complete; pass --fresh to retrain")
+    check_output_folder(cfg.output_dir, "output_dir")
+    _check_source(cfg)
+    check_available()
+    if cfg.training.extra:
+        check_training_extra(cfg.training.extra)
+    run = open_run(cfg, fresh=fresh)
+    if run.done:
+        run.release()
+        print(f"[kdistill] {run.path} is already complete; pass --fresh to retrain")
         return None
-    return run_dir
+    return run
 
 
 def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path:
     """Stage 1: train ``teacher.model`` (cnn / mlp / a trained folder) on hard labels."""
     from kdistill.models.classifiers import classifier_from_spec
 
-    run_dir = _start(cfg, fresh)
-    if run_dir is None:
+    run = _start(cfg, fresh)
+    if run is None:
         return Path(cfg.output_dir)
-    torch.manual_seed(cfg.seed)
-    model, spec = classifier_from_spec(
-        cfg.teacher.model or "cnn", cfg.teacher.channels, cfg.teacher.hidden
-    )
-    sched = {**builders.schedule_kwargs(cfg), "soft_weight": 0.0, "hard_weight": 1.0}
-    trainer, info = _train(cfg, model, None, run_dir, sched)
-    return _finish(cfg, run_dir, trainer, spec, "teacher", {}, info)
+    with run:
+        torch.manual_seed(cfg.seed)
+        model, spec = classifier_from_spec(
+            cfg.teacher.model or "cnn", cfg.teacher.channels, cfg.teacher.hidden
+        )
+        sched = {**builders.schedule_kwargs(cfg), "soft_weight": 0.0, "hard_weight": 1.0}
+        trainer, info = _train(cfg, model, None, run, sched)
+        return _finish(cfg, run.path, trainer, spec, "teacher", {}, info)
 
 
 def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) -> Path:
@@ -150,24 +169,30 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool 
 
     baseline = cfg.distill.baseline
     if not cfg.teacher.model and not baseline:
-        raise ValueError(
+        raise InputError(
             "teacher.model: give the trained teacher's folder (kdistill "
             "train-teacher writes it to <output_dir>/model)"
         )
-    run_dir = _start(cfg, fresh)
-    if run_dir is None:
-        return Path(cfg.output_dir)
-    teacher = None
     if cfg.teacher.model:
-        teacher, _ = load_classifier(cfg.teacher.model)
-        freeze(teacher)
-    torch.manual_seed(cfg.seed)
-    student, spec = classifier_from_spec(
-        cfg.student.model or "mlp", cfg.student.channels, cfg.student.hidden
-    )
-    online = None if baseline else teacher
-    trainer, info = _train(cfg, student, online, run_dir, builders.schedule_kwargs(cfg), resume)
-    others = {} if teacher is None else {"teacher": teacher}
-    me = "baseline" if baseline else "student"
-    dirs = {} if teacher is None else {"teacher": classifier_folder(cfg.teacher.model)}
-    return _finish(cfg, run_dir, trainer, spec, me, others, info, dirs)
+        from kdistill.models.classifiers import classifier_folder as _folder
+
+        _folder(cfg.teacher.model)  # exists and is a classifier, before anything is created
+    run = _start(cfg, fresh)
+    if run is None:
+        return Path(cfg.output_dir)
+    with run:
+        teacher = None
+        if cfg.teacher.model:
+            teacher, _ = load_classifier(cfg.teacher.model)
+            freeze(teacher)
+        torch.manual_seed(cfg.seed)
+        student, spec = classifier_from_spec(
+            cfg.student.model or "mlp", cfg.student.channels, cfg.student.hidden
+        )
+        online = None if baseline else teacher
+        sched = builders.schedule_kwargs(cfg)
+        trainer, info = _train(cfg, student, online, run, sched, resume)
+        others = {} if teacher is None else {"teacher": teacher}
+        me = "baseline" if baseline else "student"
+        dirs = {} if teacher is None else {"teacher": classifier_folder(cfg.teacher.model)}
+        return _finish(cfg, run.path, trainer, spec, me, others, info, dirs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from kdistill.errors import InputError
 from kdistill.eval import metrics
 
 THRESHOLDS = {"perplexity_ratio": 1.5, "unigram_jsd_bits": 0.18, "embedding_cosine_distance": 0.1}
@@ -42,7 +43,7 @@ def load_texts(source: str) -> list[str]:
 
     base, _, part = source.partition(":")
     if part not in ("", "train", "heldout"):
-        raise ValueError(f"data source {source!r}: the suffix must be :train or :heldout")
+        raise InputError(f"data source {source!r}: the suffix must be :train or :heldout")
     recs = pydoc_texts() if base == "pydoc" else load_records(base)
     texts = [r if isinstance(r, str) else " ".join(m["content"] for m in r) for r in recs]
     if part:

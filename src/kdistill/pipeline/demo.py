@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kdistill.config.loader import load_config
-from kdistill.pipeline.run_dir import write_json_atomically
+from kdistill.files import atomic_write_json
 
 console = Console()
 
@@ -45,6 +45,19 @@ def run_demo(
     fresh: bool = False,
     overrides: list[str] | None = None,
 ) -> Path:
+    from kdistill.files import check_output_folder
+    from kdistill.folders import claim_folder
+    from kdistill.pipeline.preflight import check_lm_run
+
+    out = check_output_folder(output_dir, "--output-dir")
+    s_cfg, b_cfg = demo_configs(out, max_steps, overrides)
+    check_lm_run(s_cfg)
+    check_lm_run(b_cfg)
+    with claim_folder(out, "demo", field="--output-dir", fresh=fresh):
+        return _demo(out, s_cfg, b_cfg, fresh)
+
+
+def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     import torch
 
     from kdistill.config import builders
@@ -53,9 +66,6 @@ def run_demo(
     from kdistill.models.loading import load_causal_lm, resolve_model_path
     from kdistill.pipeline.distill_lm import run_distill_lm
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    s_cfg, b_cfg = demo_configs(out, max_steps, overrides)
     timings = {}
     t0 = time.perf_counter()
     console.rule("[bold]1/3 distilling the student from the teacher")
@@ -94,7 +104,7 @@ def run_demo(
     from kdistill.eval.derived import derive
 
     payload = {**results, "derived": derive(results, lm=True), "timings": timings}
-    write_json_atomically(out / "results.json", payload)
+    atomic_write_json(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]
     console.print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,9 @@ import torch
 
 from kdistill.config import builders
 from kdistill.config.schema import RunConfig
-from kdistill.pipeline.run_dir import is_done, prepare_run_dir, save_final_model
+from kdistill.errors import InputError, Preempted
+from kdistill.files import atomic_write_json
+from kdistill.pipeline.run_dir import RunFolder, open_run, save_final_model
 
 
 def _threads(cfg: RunConfig) -> None:
@@ -35,7 +36,7 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
         student, s_tok = load_causal_lm(cfg.student.model, cfg.student.dtype)
         student.train()
     else:
-        raise ValueError("student: set student.model or student.from_teacher")
+        raise InputError("student: set student.model or student.from_teacher")
     if tok is None:
         tok = s_tok
     vocab = len(tok)
@@ -69,25 +70,41 @@ def _cached_data(cfg: RunConfig, tok, train_ds):
     return ds, CachedCollator(tok.pad_token_id), reader.manifest.cache_temperature
 
 
-def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) -> Path:
-    """Train the student; returns the run folder (``model/`` holds the final student)."""
+def run_distill_lm(
+    cfg: RunConfig,
+    *,
+    fresh: bool = False,
+    resume: bool = True,
+    allow_teacher_change: bool = False,
+) -> Path:
+    """Train the student; returns the run folder (``model/`` holds the final student).
+
+    Checks everything that needs no model first, then claims the folder; a finished run is
+    left untouched; ``config.yaml`` is written once models and data have loaded."""
+    from kdistill.pipeline.preflight import check_lm_run
+
+    _threads(cfg)
+    check_lm_run(cfg, allow_teacher_change=allow_teacher_change)
+    with open_run(cfg, fresh=fresh) as run:
+        if run.done:
+            print(f"[kdistill] {run.path} is already complete; pass --fresh to retrain")
+            return run.path
+        return _train_lm(cfg, run, resume)
+
+
+def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     from transformers import TrainingArguments, set_seed
 
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.training.checkpoint import CompleteMarker, latest_complete_checkpoint
+    from kdistill.training.preemption import PreemptionCallback
     from kdistill.training.step import KDSchedules
     from kdistill.training.trainer import KDTrainer
 
-    _threads(cfg)
-    run_dir = prepare_run_dir(cfg, fresh=fresh)
-    if is_done(run_dir) and not fresh:
-        print(f"[kdistill] {run_dir} is already complete; pass --fresh to retrain")
-        return run_dir
+    run_dir = run.path
     set_seed(cfg.seed)
     cached = cfg.teacher.cache is not None and not cfg.distill.baseline
     from_api = cfg.data.teacher_logprobs and not cfg.distill.baseline
-    if cached and from_api:
-        raise ValueError("teacher.cache and data.teacher_logprobs: choose one source of targets")
     teacher, student, tok, vocab = load_models(
         cfg, need_teacher=not cfg.distill.baseline and not cached and not from_api
     )
@@ -105,6 +122,7 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
         collator = CachedCollator(tok.pad_token_id)
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
+    preemption = PreemptionCallback()
     trainer = KDTrainer(
         model=student,
         args=args,
@@ -116,14 +134,18 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
         schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
         vocab_size=vocab,
         log_path=run_dir / "kd_log.jsonl",
-        callbacks=[CompleteMarker()],
+        callbacks=[CompleteMarker(), preemption],
         **builders.objective_kwargs(cfg),
     )
     last = latest_complete_checkpoint(ckpt_dir) if resume else None
     if last is not None:
         print(f"[kdistill] resuming from {last}")
+    run.save_config(cfg)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    with preemption.armed():
+        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if preemption.signum is not None:
+        raise Preempted(preemption.signum, trainer.state.global_step, str(ckpt_dir))
     elapsed = time.perf_counter() - t0
     if trainer.is_world_process_zero():
         save_final_model(trainer.model, tok, run_dir)
@@ -135,6 +157,7 @@ def run_distill_lm(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) 
             "block_size": cfg.data.block_size,
             "baseline": cfg.distill.baseline,
             "resumed_from": str(last) if last else None,
+            "changed_on_resume": {k: list(v) for k, v in run.changed.items()},
         }
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(run_dir / "train_summary.json", summary)
     return run_dir

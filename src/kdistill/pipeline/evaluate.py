@@ -8,8 +8,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from kdistill.errors import InputError
 from kdistill.eval.derived import derive
-from kdistill.pipeline.run_dir import write_json_atomically
+from kdistill.files import atomic_write_json, check_output_folder
 
 
 def run_eval(
@@ -29,7 +30,7 @@ def run_eval(
     folders (``classifier.json``) on the Fashion-MNIST test split (``--data fashion-mnist``).
     """
     if "teacher" in specs:
-        raise ValueError("--model teacher=... is reserved; name the teacher with --teacher")
+        raise InputError("--model teacher=... is reserved; name the teacher with --teacher")
     from kdistill.models.classifiers import is_classifier_folder
 
     kinds = {is_classifier_folder(s) for s in [teacher_spec, *specs.values()]}
@@ -38,18 +39,38 @@ def run_eval(
             teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed
         )
     if len(kinds) > 1:
-        raise ValueError(
+        raise InputError(
             f"--teacher {teacher_spec} and --model mix classifier folders and language models; "
             "evaluate one kind at a time (for classifiers pass --teacher <teacher run folder>)"
         )
     if data == "fashion-mnist":
-        raise ValueError(
+        raise InputError(
             "--data fashion-mnist needs classifier folders (with classifier.json) for "
             "--teacher and --model, e.g. --teacher runs/fmnist_teacher"
         )
+    _check_lm_inputs(teacher_spec, specs, data or "kjv", out)
     return _run_eval_lms(
         teacher_spec, specs, data or "kjv", block_size, held_out_fraction, max_eval_tokens, out
     )
+
+
+def check_results_path(out: Path) -> None:
+    """``--out`` names a file in a folder that can be written (before any model loads)."""
+    out = Path(out)
+    if out.is_dir() or not out.name:
+        raise InputError(f"--out {str(out)!r} is a folder; give a file, e.g. {out}/results.json")
+    check_output_folder(out.parent if str(out.parent) else ".", "--out folder")
+
+
+def _check_lm_inputs(teacher_spec: str, specs: dict[str, str], data: str, out: Path) -> None:
+    from kdistill.data.lm import load_records
+    from kdistill.models.loading import check_model_files
+
+    check_results_path(out)
+    check_model_files(teacher_spec, "--teacher")
+    for name, spec in specs.items():
+        check_model_files(spec, f"--model {name}")
+    load_records(data)
 
 
 def _run_eval_classifiers(
@@ -60,7 +81,11 @@ def _run_eval_classifiers(
     from kdistill.models.classifiers import classifier_folder, load_classifier
 
     if data != "fashion-mnist":
-        raise ValueError(f"--data {data!r}: classifier folders are evaluated on fashion-mnist")
+        raise InputError(f"--data {data!r}: classifier folders are evaluated on fashion-mnist")
+    from kdistill.data.fashion_mnist import check_available
+
+    check_results_path(out)
+    check_available()
     models, dirs = {}, {}
     for name, spec in {"teacher": teacher_spec, **specs}.items():
         models[name], _ = load_classifier(spec)
@@ -71,7 +96,7 @@ def _run_eval_classifiers(
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
-    write_json_atomically(out, {**results, "derived": derive(results, lm=False)})
+    atomic_write_json(out, {**results, "derived": derive(results, lm=False)})
     Console().print(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
     Console().print(f"results: {out}")
     return results
@@ -123,7 +148,7 @@ def _run_eval_lms(
         r["model"] = teacher_spec if name == "teacher" else specs[name]
         if name != "teacher":
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
-    write_json_atomically(out, {**results, "derived": derive(results, lm=True)})
+    atomic_write_json(out, {**results, "derived": derive(results, lm=True)})
     table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
     Console().print(table)
     Console().print(f"results: {out}")

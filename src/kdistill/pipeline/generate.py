@@ -21,7 +21,8 @@ from kdistill.data.filters import (
     verifier_filter,
 )
 from kdistill.data.generations import GenerationStore, load_prompts
-from kdistill.pipeline.run_dir import write_json_atomically
+from kdistill.errors import ProvenanceError
+from kdistill.files import atomic_write_json, atomic_write_jsonl
 
 console = Console()
 
@@ -151,17 +152,100 @@ def _filters(f):
     return out
 
 
-def _atomic_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+def teacher_identity(cfg: RunConfig) -> dict:
+    """Who writes the generations: a served model or the local teacher."""
+    from kdistill.models.identity import local_model_identity, served_identity
 
-
-def run_generate(cfg: RunConfig) -> dict:
     g = cfg.generate
+    if g.backend == "openai":
+        return served_identity(g.base_url, g.model)
+    return local_model_identity(cfg.teacher.model)
+
+
+def _recorded_teacher(out: Path) -> dict | None:
+    """The teacher recorded in a generations folder (provenance.json, or for a folder from
+    before it existed, the backend and model of its first record)."""
+    prov = out / "provenance.json"
+    if prov.is_file():
+        try:
+            return json.loads(prov.read_text()).get("teacher")
+        except (OSError, ValueError, AttributeError):
+            return None
+    gens = out / "generations.jsonl"
+    if gens.is_file():
+        with open(gens, "rb") as fh:
+            try:
+                first = json.loads(fh.readline())
+            except ValueError:
+                return None
+        if isinstance(first, dict) and first.get("model"):
+            return {"name": f"{first.get('backend')}:{first['model']}", "fingerprint": None}
+    return None
+
+
+def check_provenance(cfg: RunConfig, out: Path, *, allow: bool) -> dict:
+    """Refuse to add generations of another teacher to a folder (unless ``allow``)."""
+    from kdistill.models.identity import describe, same_teacher
+
+    mine = teacher_identity(cfg)
+    recorded = _recorded_teacher(out)
+    if recorded is None or allow:
+        return mine
+    legacy = recorded.get("fingerprint") is None
+    g = cfg.generate
+    name = f"{g.backend}:{g.model if g.backend == 'openai' else cfg.teacher.model}"
+    same = recorded["name"] == name if legacy else same_teacher(recorded, mine)
+    if not same:
+        raise ProvenanceError(
+            f"generate.output_dir={str(out)!r} holds generations of {describe(recorded)}, not "
+            f"{describe(mine)}; choose another output_dir, or pass --allow-teacher-change to "
+            "add to them"
+        )
+    return mine
+
+
+def _estimated_bytes(g, n_prompts: int) -> float:
+    """Generous size of the records to write: text, tokens and top logprobs as JSON."""
+    per_token = 16 + 48 * g.top_logprobs
+    return n_prompts * g.n * (2048 + g.max_tokens * per_token)
+
+
+def _preflight(cfg: RunConfig, allow_teacher_change: bool):
+    """Everything checked before a model loads or the folder is touched."""
+    from kdistill.files import check_free_space, check_output_folder
+    from kdistill.models.loading import check_model_files
+
+    g = cfg.generate
+    out = check_output_folder(g.output_dir, "generate.output_dir")
     prompts = load_prompts(g.prompts)
-    out = Path(g.output_dir)
+    _filters(g.filters)  # an invalid regex or checker fails now, not after generating
+    if g.backend == "local":
+        check_model_files(cfg.teacher.model, "teacher.model")
+    identity = check_provenance(cfg, out, allow=allow_teacher_change)
+    check_free_space(out, _estimated_bytes(g, len(prompts)), "the generations")
+    return out, prompts, identity
+
+
+def run_generate(cfg: RunConfig, *, allow_teacher_change: bool = False) -> dict:
+    from kdistill.folders import claim_folder
+
+    out, prompts, identity = _preflight(cfg, allow_teacher_change)
+    with claim_folder(out, "generations", field="generate.output_dir"):
+        return _generate(cfg, out, prompts, identity)
+
+
+def _generate(cfg: RunConfig, out: Path, prompts, identity: dict) -> dict:
+    g = cfg.generate
+    atomic_write_json(out / "provenance.json", {"teacher": identity})
     store = GenerationStore(out / "generations.jsonl")
+    if store.quarantined:
+        lost = [e for e in store.quarantined if e["key"] is None]
+        console.print(
+            f"[yellow]{len(store.quarantined)} damaged line(s) of generations.jsonl moved to "
+            f"{store.quarantine_path.name}[/yellow] ({len(lost)} without a readable id, "
+            "generated again; the others are kept there, not paid for again: delete their "
+            "lines to regenerate them)"
+        )
     todo = [(p, s) for p in prompts for s in range(g.n) if (p.id, s) not in store.done]
     already = len(prompts) * g.n - len(todo)
     try:
@@ -176,7 +260,7 @@ def run_generate(cfg: RunConfig) -> dict:
     records = sorted(store.records, key=lambda r: (r["prompt_id"], r["sample"]))
     _with_shares(records)
     kept, counts = apply_filters([dict(r) for r in records], _filters(g.filters))
-    _atomic_jsonl(out / "kept.jsonl", [_training_record(r, g.mode) for r in kept])
+    atomic_write_jsonl(out / "kept.jsonl", [_training_record(r, g.mode) for r in kept])
     p_tok = sum(r["usage"]["prompt_tokens"] for r in records)
     c_tok = sum(r["usage"]["completion_tokens"] for r in records)
     summary = {
@@ -192,8 +276,9 @@ def run_generate(cfg: RunConfig) -> dict:
         + c_tok / 1000 * g.cost_per_1k_completion_tokens,
         "filters": counts,
         "kept": len(kept),
+        "quarantined": len(store.quarantined),
     }
-    write_json_atomically(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     console.print(
         f"{len(records)} generations ({already} already done, {len(todo)} now); "
         f"kept {len(kept)} after filters -> {out / 'kept.jsonl'}"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from kdistill.eval import metrics
+from kdistill.files import atomic_write_bytes, atomic_write_json
 
 DEFAULT_TEMPERATURES = (0.2, 1.0, 2.0, 5.0, 20.0)
 
@@ -97,7 +97,11 @@ def plot_soft_labels(rows: list[dict], path: Path) -> Path:
         ax.set_title(f"T={r['temperature']:g}  H={r['entropy_nats']:.2f} nats", fontsize=9)
     fig.suptitle("teacher next-token soft labels by temperature")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
     plt.close(fig)
     return path
 
@@ -106,8 +110,14 @@ def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_
     from rich.console import Console
     from rich.table import Table
 
-    from kdistill.models.loading import load_causal_lm
+    from kdistill.errors import InputError
+    from kdistill.files import check_output_folder
+    from kdistill.models.loading import check_model_files, load_causal_lm
 
+    if not prompt.strip():
+        raise InputError("--prompt is empty; give the text whose next token to show")
+    check_output_folder(out_dir, "--out")
+    check_model_files(model_spec, "--model")
     model, tok = load_causal_lm(model_spec, frozen=True)
     rows = soft_labels(model, tok, prompt, temperatures)
     console = Console()
@@ -125,8 +135,7 @@ def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_
         result["sequences"] = seqs
         for s in seqs:
             console.print(f"{s['share']:6.1%}  {prompt}[bold]{s['text']}[/bold]")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "inspect.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out_dir / "inspect.json", result)
     png = plot_soft_labels(rows, out_dir / "soft_labels.png")
     console.print(f"wrote {out_dir / 'inspect.json'} and {png}")
     return result

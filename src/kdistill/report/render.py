@@ -10,9 +10,10 @@ import base64
 import html
 import json
 import math
-import os
 from pathlib import Path
 
+from kdistill.errors import InputError
+from kdistill.files import atomic_write_bytes, atomic_write_text
 from kdistill.report import plots
 
 ORDER = ("teacher", "student", "baseline")
@@ -35,7 +36,15 @@ def load_results(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Path], d
     sources: dict[str, Path] = {}
     meta_by_file: dict[Path, dict] = {}
     for p in map(Path, paths):
-        data = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{p}: not a results JSON file ({exc}); give a results.json") from None
+        if not isinstance(data, dict):
+            raise InputError(
+                f"{p}: a results file is a JSON object of models, got a {type(data).__name__}; "
+                "give a results.json written by kdistill eval or demo"
+            )
         meta_by_file[p] = {k: data[k] for k in META_KEYS if isinstance(data.get(k), dict)}
         for name, v in data.items():
             if name in META_KEYS or not isinstance(v, dict):
@@ -45,7 +54,7 @@ def load_results(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Path], d
             key = name if name not in models else f"{name} ({p.parent.name or p.stem})"
             models[key], sources[key] = v, p
     if not models:
-        raise ValueError(f"no model results (perplexity / accuracy / params) in {list(paths)}")
+        raise InputError(f"no model results (perplexity / accuracy / params) in {list(paths)}")
     ordered = {k: models[k] for k in ORDER if k in models}
     ordered.update({k: v for k, v in models.items() if k not in ordered})
     meta = meta_by_file.get(sources.get("student"), {}) if "student" in sources else {}
@@ -247,12 +256,6 @@ def verdict(models: dict, lm: bool, derived: dict | None = None) -> str:
     )
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def _spread(values: list[float]) -> float:
     return max(values) / min(values)
 
@@ -326,15 +329,17 @@ def render_report(
     no external URL) and ``out_dir/report.md`` (+ the PNGs it links, in ``out_dir/plots/``).
     ``logs_dirs``: run folders holding ``kd_log.jsonl``; None or empty: each model's
     ``run_dir``, where that folder exists."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {str(out_dir)!r} is a file; give a folder for the report")
     models, sources, meta = load_results(list(results_paths))
     lm = any(_num(r.get("perplexity")) is not None for r in models.values())
     derived = meta.get("derived", {})
     logs = collect_logs(models, sources, logs_dirs)
     figs = _figures(models, lm, derived, logs)
-    out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for stem, _, png in figs:
-        _atomic_write(out_dir / "plots" / f"{stem}.png", png)
+        atomic_write_bytes(out_dir / "plots" / f"{stem}.png", png)
 
     head, rows = table(models, lm)
     text = verdict(models, lm, derived)
@@ -358,6 +363,6 @@ def render_report(
     md += [_md_row(r) for r in rows] + [""]
     md += [f"![{title}](plots/{stem}.png)" for stem, title, _ in figs] + [""] + notes + [""]
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    _atomic_write(html_path, page)
-    _atomic_write(md_path, "\n".join(md))
+    atomic_write_text(html_path, page)
+    atomic_write_text(md_path, "\n".join(md))
     return html_path, md_path

@@ -6,6 +6,7 @@ import torch
 
 from kdistill.cache import StoreReader
 from kdistill.data.lm import CausalCollator
+from kdistill.errors import InputError
 
 TEACHER_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_log_tail")
 
@@ -15,7 +16,7 @@ class CachedSignalDataset(torch.utils.data.Dataset):
 
     def __init__(self, blocks, reader: StoreReader):
         if len(blocks) != len(reader):
-            raise ValueError(
+            raise InputError(
                 f"store has {len(reader)} blocks but the data has {len(blocks)}; "
                 "use the data config the store was built with"
             )

@@ -17,8 +17,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from kdistill.errors import KdistillError
 
-class ServedError(RuntimeError):
+
+class ServedError(KdistillError, RuntimeError):
     """A fatal, user-facing server problem (bad key, unreachable, bad request)."""
 
 

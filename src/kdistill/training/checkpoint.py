@@ -2,8 +2,11 @@
 
 Trainer writes ``checkpoint-N`` folders. A checkpoint counts as *complete* only once
 :class:`CompleteMarker` has written ``kdistill-complete`` into it, which happens after
-Trainer has finished saving model, optimizer, scheduler, RNG and trainer state. Resume picks
-the newest complete checkpoint; a half-written folder (killed mid-save) is never chosen.
+Trainer has finished saving model, optimizer, scheduler, RNG and trainer state, and only when
+every weight and optimizer value in it is finite. Resume picks the newest complete checkpoint;
+a half-written folder (killed mid-save) or one of non-finite weights is never chosen. When the
+loss turns non-finite at step N+1, the checkpoint of step N (whose weights produced it) is
+retracted: its marker is removed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
+
+from kdistill.training.step import NonFiniteError
 
 MARKER = "kdistill-complete"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -34,14 +40,48 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-class CompleteMarker(TrainerCallback):
-    """Marks a checkpoint complete after Trainer has written all of it (rank 0)."""
+def _all_finite(tensors) -> bool:
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in tensors
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                tmp = ckpt / (MARKER + ".tmp")
-                tmp.write_text(json.dumps({"global_step": state.global_step}))
-                tmp.replace(ckpt / MARKER)
+
+def state_is_finite(model, optimizer) -> bool:
+    """Every parameter and every optimizer state tensor is finite."""
+    if model is not None and not _all_finite(p.detach() for p in model.parameters()):
+        return False
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            if not _all_finite(state.values()):
+                return False
+    return True
+
+
+def retract_checkpoint(folder: Path, step: int) -> bool:
+    """Remove the completion marker of ``checkpoint-step`` (its weights gave a non-finite
+    loss); True when there was one."""
+    marker = Path(folder) / f"checkpoint-{step}" / MARKER
+    if marker.is_file():
+        marker.unlink()
+        return True
+    return False
+
+
+class CompleteMarker(TrainerCallback):
+    """Marks a checkpoint complete after Trainer has written all of it (rank 0), if sound."""
+
+    def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not state_is_finite(model, optimizer):
+            raise NonFiniteError(
+                f"weights or optimizer state became non-finite (NaN/inf) by step "
+                f"{state.global_step}; {ckpt.name} is not marked complete; lower "
+                "training.learning_rate and re-run"
+            )
+        if state.is_world_process_zero and ckpt.is_dir():
+            tmp = ckpt / (MARKER + ".tmp")
+            tmp.write_text(json.dumps({"global_step": state.global_step}))
+            tmp.replace(ckpt / MARKER)
         return control

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdistill.errors import KdistillError
 from kdistill.losses.objective import KDSums, kd_sums
 from kdistill.schedules import Schedule, as_schedule
 from kdistill.signals import DenseSignal, SparseSignal
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(KdistillError, RuntimeError):
     """Training produced NaN/inf: names the cause (teacher outputs or the loss)."""
 
 

@@ -18,8 +18,10 @@ from transformers import Trainer, TrainerCallback
 from kdistill.losses.chunked import chunked_kd_loss
 from kdistill.losses.objective import combine
 from kdistill.signals import SparseSignal
+from kdistill.training.checkpoint import retract_checkpoint
 from kdistill.training.step import (
     KDSchedules,
+    NonFiniteError,
     check_loss_finite,
     check_teacher_finite,
     kd_step_sums,
@@ -254,7 +256,13 @@ class KDTrainer(Trainer):
         if num_items is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over ranks; num_items is global, so undo that average
             loss = loss * self.accelerator.num_processes
-        check_loss_finite(loss, step)
+        try:
+            check_loss_finite(loss, step)
+        except NonFiniteError:
+            # the weights of checkpoint-{step} produced this loss: never resume from them
+            if self.is_world_process_zero():
+                retract_checkpoint(Path(self.args.output_dir), step)
+            raise
         self._record(model, sums, knobs, inputs, labels)
         return loss
 
@@ -266,6 +274,32 @@ class KDTrainer(Trainer):
                 else labels.numel()
             )
             self.kd_meter.update(sums, knobs, n_tok)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Resume the optimizer and scheduler, then put the run's own learning rate in effect:
+        the restored state carries the old run's rate, which a re-run may have changed."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self.optimizer is not None:
+            apply_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+
+
+def apply_learning_rate(optimizer, scheduler, peak_lr: float) -> None:
+    """Rescale a restored optimizer + multiplicative scheduler to the peak rate ``peak_lr``,
+    keeping the schedule's position (the current rate = ``peak_lr`` x the schedule factor)."""
+    base = getattr(scheduler, "base_lrs", None)
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    for i, group in enumerate(optimizer.param_groups):
+        if lambdas is not None:  # LambdaLR (every transformers schedule): this run's shape
+            factor = lambdas[i](scheduler.last_epoch)
+        else:
+            old_peak = group.get("initial_lr") or (base[i] if base else None) or group["lr"]
+            factor = group["lr"] / old_peak if old_peak else 1.0
+        group["initial_lr"] = peak_lr
+        group["lr"] = peak_lr * factor
+    if base is not None:
+        scheduler.base_lrs = [peak_lr for _ in base]
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def _supports_chunking(model) -> bool:

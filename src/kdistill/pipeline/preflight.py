@@ -1,0 +1,82 @@
+"""Validation that needs no model, run before any model loads or any folder is created.
+
+Each check raises one :class:`~kdistill.errors.KdistillError` line naming the setting and the
+fix: output paths, model files, data files, the teacher-signal store and its teacher,
+``training.extra`` keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kdistill.config.schema import RunConfig
+from kdistill.errors import InputError, ProvenanceError
+from kdistill.files import check_output_folder
+
+
+def check_training_extra(extra: dict) -> None:
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(k for k in extra if k not in known)
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise InputError(f"training.extra: {unknown[0]!r} is not a TrainingArguments field{hint}")
+
+
+def check_store_teacher(manifest_teacher: dict, teacher_spec: str, *, allow: bool, where) -> None:
+    """The store at ``where`` was made by the run's teacher (``teacher.model``)."""
+    from kdistill.models.identity import describe, local_model_identity, same_teacher
+
+    if allow:
+        return
+    recorded = manifest_teacher.get("identity")
+    if recorded is not None:
+        same = same_teacher(recorded, local_model_identity(teacher_spec))
+    else:  # a store from before identities were recorded: compare the names
+        same = manifest_teacher.get("model") == teacher_spec
+        recorded = {"name": manifest_teacher.get("model"), "fingerprint": "unrecorded"}
+    if not same:
+        raise ProvenanceError(
+            f"{where} was made by teacher {describe(recorded)}, not teacher.model="
+            f"{teacher_spec!r}; use this teacher's store"
+            + ("" if "cache.dir" in str(where) else ", or pass --allow-teacher-change to use it")
+        )
+
+
+def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
+    """Everything about a causal-LM run that can be checked without loading a model."""
+    from kdistill.data.lm import load_records
+    from kdistill.models.loading import check_model_files
+
+    check_output_folder(cfg.output_dir, "output_dir")
+    baseline = cfg.distill.baseline
+    cached = cfg.teacher.cache is not None and not baseline
+    from_api = cfg.data.teacher_logprobs and not baseline
+    if cached and from_api:
+        raise InputError("teacher.cache and data.teacher_logprobs: choose one source of targets")
+    if cfg.student.from_teacher is None and not cfg.student.model:
+        raise InputError("student: set student.model or student.from_teacher")
+    needs_teacher = cfg.student.from_teacher is not None or not (baseline or cached or from_api)
+    if needs_teacher or cached:
+        if not cfg.teacher.model:
+            raise InputError("teacher.model: name the teacher (bundled name, .gguf or folder)")
+        check_model_files(cfg.teacher.model, "teacher.model")
+    if cfg.student.model and cfg.student.from_teacher is None:
+        check_model_files(cfg.student.model, "student.model")
+    if cfg.training.extra:
+        check_training_extra(cfg.training.extra)
+    load_records(cfg.data.source, cfg.data.text_field)
+    if cached:
+        from kdistill.cache import StoreReader
+
+        reader = StoreReader(cfg.teacher.cache)
+        check_store_teacher(
+            reader.manifest.teacher,
+            cfg.teacher.model,
+            allow=allow_teacher_change,
+            where=f"teacher.cache={cfg.teacher.cache!r}",
+        )
