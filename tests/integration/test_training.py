@@ -243,9 +243,19 @@ def test_changed_config_in_same_folder_is_refused(
     out = tmp_path / "x"
     demo = str(REPO / "src/kdistill/configs/demo.yaml")
     assert main(["distill", demo, *tiny_overrides(tiny_teacher_dir, tiny_text_file, out)]) == 0
-    changed = tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"distill.soft_weight": 0.9})
+    saved = (out / "config.yaml").read_bytes()
+    changed = tiny_overrides(
+        tiny_teacher_dir, tiny_text_file, out, **{"distill.divergence": "reverse_kl"}
+    )
     assert main(["distill", demo, *changed]) == 2
-    assert "different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "distill.divergence='forward_kl', not 'reverse_kl'" in err
+    assert "--fresh" in err
+    # a changeable setting on a finished run: nothing retrained, config.yaml untouched
+    changed = tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"distill.soft_weight": 0.9})
+    assert main(["distill", demo, *changed]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert (out / "config.yaml").read_bytes() == saved
 
 
 DDP_SCRIPT = """
