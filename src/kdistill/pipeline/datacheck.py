@@ -106,11 +106,14 @@ def run_datacheck(
 ) -> dict:
     from rich.console import Console
 
-    from kdistill.models.loading import load_causal_lm
+    from kdistill.models.loading import check_model_files, load_causal_lm
 
+    distill_texts = load_texts(distill_source)
+    production_texts = load_texts(production_source)
+    check_model_files(model_spec, "--model")
     model, tok = load_causal_lm(model_spec, frozen=True)
-    a = profile(model, tok, load_texts(distill_source), max_tokens)
-    b = profile(model, tok, load_texts(production_source), max_tokens)
+    a = profile(model, tok, distill_texts, max_tokens)
+    b = profile(model, tok, production_texts, max_tokens)
     scores = compare(a, b)
     console = Console()
     for k in (
