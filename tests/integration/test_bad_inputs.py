@@ -195,9 +195,7 @@ CASES = [
     ),
     (
         "store-and-api-logprobs",
-        lambda f, o: _distill(
-            f, o, **{"teacher.cache": o / "s", "data.teacher_logprobs": "true"}
-        ),
+        lambda f, o: _distill(f, o, **{"teacher.cache": o / "s", "data.teacher_logprobs": "true"}),
         "choose one source",
     ),
     ("train-teacher-output-dot", lambda f, o: ["train-teacher", DEMO, "output_dir=."], "working"),
@@ -343,4 +341,3 @@ def test_bad_input_is_one_line_exit_2_nothing_changed(
     assert "Traceback" not in err
     assert [tree_hashes(w) for w in watched] == before
     assert not out.exists() or not any(out.rglob("*.yaml")), "a config was written"
-

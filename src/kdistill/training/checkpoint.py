@@ -5,8 +5,8 @@ Trainer writes ``checkpoint-N`` folders. A checkpoint counts as *complete* only 
 Trainer has finished saving model, optimizer, scheduler, RNG and trainer state, and only when
 every weight and optimizer value in it is finite. Resume picks the newest complete checkpoint;
 a half-written folder (killed mid-save) or one of non-finite weights is never chosen. When the
-loss turns non-finite at step N+1, the checkpoint of step N (whose weights produced it) is
-retracted: its marker is removed.
+loss or the weights turn non-finite, the newest complete checkpoint is retracted too (its
+marker removed): a resume with a corrected learning rate starts from the one before it.
 """
 
 from __future__ import annotations
@@ -59,14 +59,17 @@ def state_is_finite(model, optimizer) -> bool:
     return True
 
 
-def retract_checkpoint(folder: Path, step: int) -> bool:
-    """Remove the completion marker of ``checkpoint-step`` (its weights gave a non-finite
-    loss); True when there was one."""
-    marker = Path(folder) / f"checkpoint-{step}" / MARKER
-    if marker.is_file():
-        marker.unlink()
-        return True
-    return False
+def retract_latest(folder: Path) -> Path | None:
+    """Remove the completion marker of the newest complete checkpoint; return it.
+
+    Called when training turns non-finite: divergence starts some steps before the first
+    NaN, so the newest checkpoint (whose weights, even when finite, led there) is not one to
+    resume from; the one before it is."""
+    latest = latest_complete_checkpoint(Path(folder))
+    if latest is None:
+        return None
+    (latest / MARKER).unlink()
+    return latest
 
 
 class CompleteMarker(TrainerCallback):
@@ -75,6 +78,8 @@ class CompleteMarker(TrainerCallback):
     def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not state_is_finite(model, optimizer):
+            if state.is_world_process_zero:
+                retract_latest(Path(args.output_dir))
             raise NonFiniteError(
                 f"weights or optimizer state became non-finite (NaN/inf) by step "
                 f"{state.global_step}; {ckpt.name} is not marked complete; lower "

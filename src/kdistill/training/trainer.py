@@ -18,7 +18,7 @@ from transformers import Trainer, TrainerCallback
 from kdistill.losses.chunked import chunked_kd_loss
 from kdistill.losses.objective import combine
 from kdistill.signals import SparseSignal
-from kdistill.training.checkpoint import retract_checkpoint
+from kdistill.training.checkpoint import retract_latest
 from kdistill.training.step import (
     KDSchedules,
     NonFiniteError,
@@ -259,9 +259,9 @@ class KDTrainer(Trainer):
         try:
             check_loss_finite(loss, step)
         except NonFiniteError:
-            # the weights of checkpoint-{step} produced this loss: never resume from them
+            # the newest checkpoint's weights led here: never resume from them
             if self.is_world_process_zero():
-                retract_checkpoint(Path(self.args.output_dir), step)
+                retract_latest(Path(self.args.output_dir))
             raise
         self._record(model, sums, knobs, inputs, labels)
         return loss
