@@ -91,6 +91,10 @@ def _generate(f, out: Path, **extra) -> list[str]:
     return ["generate", DEMO, *[f"{k}={v}" for k, v in base.items()]]
 
 
+def _eval(f, *extra) -> list[str]:
+    return ["eval", "--teacher", f["teacher"], "--model", f"s={f['teacher']}", *extra]
+
+
 # (case id, argv builder (bad files, a fresh output path) -> argv, text the error must contain)
 CASES = [
     ("no-such-verb", lambda f, o: ["nope"], "No such command"),
@@ -258,32 +262,10 @@ CASES = [
         lambda f, o: ["eval", "--teacher", str(f["teacher"]), "--model", f"s={o / 'x'}"],
         "not found",
     ),
-    (
-        "eval-out-is-folder",
-        lambda f, o: [
-            "eval",
-            "--teacher",
-            str(f["teacher"]),
-            "--model",
-            f"s={f['teacher']}",
-            "--out",
-            str(f["dir.txt"]),
-        ],
-        "is a folder",
-    ),
+    ("eval-out-is-folder", lambda f, o: _eval(f, "--out", f["dir.txt"]), "is a folder"),
     (
         "eval-data-not-utf8",
-        lambda f, o: [
-            "eval",
-            "--teacher",
-            str(f["teacher"]),
-            "--model",
-            f"s={f['teacher']}",
-            "--data",
-            str(f["latin1.txt"]),
-            "--out",
-            str(o / "r.json"),
-        ],
+        lambda f, o: _eval(f, "--data", f["latin1.txt"], "--out", o / "r.json"),
         "not UTF-8",
     ),
     ("report-missing", lambda f, o: ["report", str(o / "none.json")], "not found"),

@@ -132,19 +132,23 @@ def _lr_log(run: Path) -> dict[int, float]:
     return {r["step"]: r["learning_rate"] for r in rows if "learning_rate" in r}
 
 
+def _lr_args(teacher, text, run: Path, lr: float, steps: int, save_steps: int) -> list[str]:
+    extra = {
+        "training.learning_rate": lr,
+        "training.save_steps": save_steps,
+        "training.max_steps": steps,
+        "training.lr_scheduler": "constant",
+    }
+    return ["distill", DEMO, *tiny_overrides(teacher, text, run, **extra)]
+
+
 def test_non_finite_run_leaves_no_complete_checkpoint_and_rerun_trains_at_new_rate(
     tiny_teacher_dir, tiny_text_file, tmp_path, capsys
 ):
     run = tmp_path / "run"
 
     def args(lr, steps):
-        extra = {
-            "training.learning_rate": lr,
-            "training.save_steps": 1,
-            "training.max_steps": steps,
-            "training.lr_scheduler": "constant",
-        }
-        return ["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, run, **extra)]
+        return _lr_args(tiny_teacher_dir, tiny_text_file, run, lr, steps, save_steps=1)
 
     assert main(args(1e30, 3)) == 2
     assert "non-finite" in capsys.readouterr().err
@@ -159,13 +163,7 @@ def test_changed_learning_rate_on_resume_is_in_effect(
     run = tmp_path / "run"
 
     def args(lr, steps):
-        extra = {
-            "training.learning_rate": lr,
-            "training.save_steps": 2,
-            "training.max_steps": steps,
-            "training.lr_scheduler": "constant",
-        }
-        return ["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, run, **extra)]
+        return _lr_args(tiny_teacher_dir, tiny_text_file, run, lr, steps, save_steps=2)
 
     assert main(args(0.004, 2)) == 0
     import shutil
