@@ -179,14 +179,4 @@ class SparseSignal:
         )
 
 
-def log_tail_from_kept(kept_logprobs: torch.Tensor) -> torch.Tensor:
-    """``log(1 - sum(exp(kept)))`` over the last dim, clamped so it never goes NaN.
-
-    Args:
-        kept_logprobs: ``(..., K)`` log-probabilities. Returns ``(...)``.
-    """
-    lse = torch.logsumexp(fp32_or_wider(kept_logprobs), dim=-1).clamp(max=0.0)
-    return torch.log(-torch.expm1(lse))
-
-
 TeacherSignal = DenseSignal | SparseSignal

@@ -19,11 +19,11 @@ from kdistill.data.completions import (
     top_to_sparse,
 )
 from kdistill.data.generations import Prompt
-from kdistill.data.lm import IGNORE_INDEX, CausalCollator, build_lm_datasets
+from kdistill.data.lm import IGNORE_INDEX, CausalCollator, IndexedDataset, build_lm_datasets
 from kdistill.losses.objective import kd_sums
-from kdistill.signals import SparseSignal
-from kdistill.teachers.cached import CachedCollator
+from kdistill.teachers.base import Want
 from kdistill.teachers.local_gen import LocalGenerator
+from kdistill.teachers.recorded import RecordedTeacher
 from tests.conftest import TINY_TEXT, make_tiny_lm, make_word_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -123,14 +123,13 @@ def test_full_vocab_logprobs_give_the_online_soft_loss():
     ds, _ = generation_datasets(tok, records, records[:1], 64, signal=True)
     assert ds.signal_stats.records_with_signal == 3, ds.signal_stats.line()
     assert ds.signal_stats.unmapped_top_entries == 0
-    batch = CachedCollator(tok.pad_token_id)([ds[i] for i in range(3)])
+    batch = CausalCollator(tok.pad_token_id)([IndexedDataset(ds)[i] for i in range(3)])
     labels = batch["shift_labels"]
     with torch.no_grad():
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    sig = SparseSignal(
-        batch["teacher_ids"], batch["teacher_logprobs"], batch["teacher_log_tail"], len(tok)
-    )
+    # what the trainer gets from the recorded teacher for this batch
+    sig = RecordedTeacher(ds.recorded_targets, len(tok)).signal(batch, want=Want()).sparse
     for div in ("forward_kl", "reverse_kl", "jsd"):
         stored = kd_sums(s, sig, labels, kd_temperature=2.0, divergence=div)
         online = kd_sums(s, t, labels, kd_temperature=2.0, divergence=div)

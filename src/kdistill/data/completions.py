@@ -20,8 +20,6 @@ import torch
 from kdistill.data.lm import IGNORE_INDEX, BlockDataset, chat_example
 from kdistill.errors import InputError
 
-SIGNAL_KEYS = ("teacher_ids", "teacher_logprobs", "teacher_log_tail")
-
 
 class PieceMap:
     """Token text -> id for the ids whose text no other id shares."""
@@ -144,19 +142,6 @@ def prompt_completion_example(
     return full, [IGNORE_INDEX] * n_prompt + full[n_prompt:]
 
 
-class SignalDataset(torch.utils.data.Dataset):
-    """Items that carry their own teacher targets (built once, in memory)."""
-
-    def __init__(self, items: list[dict]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return dict(self.items[i])
-
-
 def generation_example(tokenizer, record: dict, max_length: int) -> tuple[list[int], list[int]]:
     if "messages" in record:
         return chat_example(tokenizer, record["messages"], max_length)
@@ -170,8 +155,9 @@ def generation_example(tokenizer, record: dict, max_length: int) -> tuple[list[i
 
 
 def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_size: int, signal):
-    """(train, held-out) from generation records; ``signal``: attach the teacher's targets to
-    the training items (its coverage is in ``train.signal_stats``)."""
+    """(train, held-out) from generation records; ``signal``: also build the teacher's sparse
+    targets per training example (``train.recorded_targets``, for a recorded teacher; their
+    coverage is in ``train.signal_stats``)."""
     tr = [generation_example(tokenizer, r, block_size) for r in train]
     ho = BlockDataset([generation_example(tokenizer, r, block_size) for r in held])
     if not signal:
@@ -186,6 +172,9 @@ def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_si
         attach_signal(ids, labels, r, pieces, stats)
         for (ids, labels), r in zip(tr, train, strict=True)
     ]
-    ds = SignalDataset(items)
+    ds = BlockDataset(tr)
+    ds.recorded_targets = [
+        (it["teacher_ids"], it["teacher_logprobs"], it["teacher_log_tail"]) for it in items
+    ]
     ds.signal_stats = stats
     return ds, ho

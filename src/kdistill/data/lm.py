@@ -236,10 +236,6 @@ def data_fingerprint(dataset: BlockDataset) -> str:
     return h.hexdigest()
 
 
-def count_label_tokens(dataset: BlockDataset) -> int:
-    return sum(int((dataset[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in range(len(dataset)))
-
-
 class CausalCollator:
     """Pads a batch and adds ``shift_labels`` (labels moved left by one, -100 at the end).
 
@@ -263,7 +259,24 @@ class CausalCollator:
             mask[r, :n] = 1
         shift = torch.full_like(labels, IGNORE_INDEX)
         shift[:, :-1] = labels[:, 1:]
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "shift_labels": shift}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "shift_labels": shift}
+        if "example_index" in items[0]:
+            batch["example_index"] = torch.tensor([it["example_index"] for it in items])
+        return batch
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Items of ``dataset`` plus ``example_index``: which example each is, so that a teacher
+    that keeps targets per example (a store, recorded log-probs) can look them up."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "example_index": i}
 
 
 def build_lm_datasets(

@@ -52,12 +52,12 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
     return teacher, student, tok, vocab
 
 
-def _cached_data(cfg: RunConfig, tok, train_ds):
-    """Attach stored teacher targets to the training blocks after checking the store."""
+def _store_teacher(cfg: RunConfig, tok, train_ds):
+    """The store teacher, after checking the store matches the tokenizer and the data."""
     from kdistill.cache import StoreReader
     from kdistill.data.lm import data_fingerprint
     from kdistill.models.vocab import tokenizer_fingerprint
-    from kdistill.teachers.cached import CachedCollator, CachedSignalDataset
+    from kdistill.teachers.store import StoreTeacher
 
     reader = StoreReader(cfg.teacher.cache)
     reader.check(
@@ -66,8 +66,23 @@ def _cached_data(cfg: RunConfig, tok, train_ds):
         block_size=cfg.data.block_size,
     )
     reader.verify_all()
-    ds = CachedSignalDataset(train_ds, reader)
-    return ds, CachedCollator(tok.pad_token_id), reader.manifest.cache_temperature
+    return StoreTeacher(reader, len(train_ds))
+
+
+def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
+    """The run's teacher: none (baseline), a store, recorded API log-probs, or the model."""
+    from kdistill.teachers.base import NoTeacher
+    from kdistill.teachers.model import ModelTeacher
+    from kdistill.teachers.recorded import RecordedTeacher
+
+    if cfg.distill.baseline:
+        return NoTeacher()
+    if cfg.teacher.cache is not None:
+        return _store_teacher(cfg, tok, train_ds)
+    if cfg.data.teacher_logprobs:
+        print(f"[kdistill] {train_ds.signal_stats.line()}")
+        return RecordedTeacher(train_ds.recorded_targets, vocab)
+    return ModelTeacher(model)
 
 
 def run_distill_lm(
@@ -95,7 +110,7 @@ def run_distill_lm(
 def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     from transformers import TrainingArguments, set_seed
 
-    from kdistill.data.lm import CausalCollator, build_lm_datasets
+    from kdistill.data.lm import CausalCollator, IndexedDataset, build_lm_datasets
     from kdistill.training.checkpoint import CompleteMarker, latest_complete_checkpoint
     from kdistill.training.preemption import PreemptionCallback
     from kdistill.training.step import KDSchedules
@@ -111,25 +126,17 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     train_ds, _ = build_lm_datasets(
         tok, cfg.data.source, **builders.data_kwargs(cfg), teacher_logprobs=from_api
     )
+    kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab)
     collator = CausalCollator(tok.pad_token_id)
-    signal_temperature = 1.0
-    if cached:
-        train_ds, collator, signal_temperature = _cached_data(cfg, tok, train_ds)
-    if from_api:
-        from kdistill.teachers.cached import CachedCollator
-
-        print(f"[kdistill] {train_ds.signal_stats.line()}")
-        collator = CachedCollator(tok.pad_token_id)
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
     preemption = PreemptionCallback()
     trainer = KDTrainer(
         model=student,
         args=args,
-        train_dataset=train_ds,
+        train_dataset=IndexedDataset(train_ds),
         data_collator=collator,
-        teacher=teacher,
-        signal_temperature=signal_temperature,
+        teacher=kd_teacher,
         loss_chunk_size=cfg.training.loss_chunk_size,
         schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
         vocab_size=vocab,

@@ -18,6 +18,8 @@ from transformers import Trainer, TrainerCallback
 from kdistill.losses.chunked import chunked_kd_loss
 from kdistill.losses.objective import combine
 from kdistill.signals import SparseSignal
+from kdistill.teachers.base import EXAMPLE_INDEX, NoTeacher, Teacher, Want
+from kdistill.teachers.model import ModelTeacher
 from kdistill.training.checkpoint import retract_latest
 from kdistill.training.step import (
     KDSchedules,
@@ -90,11 +92,12 @@ class KDLogCallback(TrainerCallback):
 
 
 class KDTrainer(Trainer):
-    """``Trainer`` whose loss is the KD objective against an online teacher (or none).
+    """``Trainer`` whose loss is the KD objective against its teacher (any kind, or none).
 
     Args (beyond Trainer's):
-        teacher: a frozen module returning logits (``.logits`` or a tensor), or None for the
-            no-teacher baseline.
+        teacher: a :class:`~kdistill.teachers.base.Teacher` (asked once per micro-batch), a
+            frozen module returning logits (wrapped as a model teacher), or None (the
+            no-teacher baseline).
         schedules: :class:`KDSchedules` for T, weights and beta, evaluated per step.
         divergence, skew_alpha, scale_by_t2: the objective's fixed settings.
         vocab_size: real shared vocabulary; logits beyond it (padding) are sliced off.
@@ -105,14 +108,13 @@ class KDTrainer(Trainer):
     def __init__(
         self,
         *args,
-        teacher: torch.nn.Module | None = None,
+        teacher: Teacher | torch.nn.Module | None = None,
         schedules: KDSchedules | None = None,
         divergence: str = "forward_kl",
         skew_alpha: float = 0.1,
         scale_by_t2: bool = True,
         vocab_size: int | None = None,
         log_path: Path | None = None,
-        signal_temperature: float = 1.0,
         loss_chunk_size: int | None = None,
         **kwargs,
     ):
@@ -122,18 +124,18 @@ class KDTrainer(Trainer):
         super().__init__(*args, callbacks=callbacks, **kwargs)
         # count valid targets (from `shift_labels`) across micro-batches and ranks
         self.model_accepts_loss_kwargs = True
-        self.teacher = teacher
-        if teacher is not None:
+        if teacher is None:
+            teacher = NoTeacher()
+        elif isinstance(teacher, torch.nn.Module):
+            teacher = ModelTeacher(teacher)
+        if hasattr(teacher, "to"):
             teacher.to(self.args.device)
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
+        self.teacher = teacher
         self.schedules = schedules or KDSchedules.build()
         self.divergence = divergence
         self.skew_alpha = skew_alpha
         self.scale_by_t2 = scale_by_t2
         self.kd_vocab_size = vocab_size
-        self.signal_temperature = signal_temperature
         self.loss_chunk_size = loss_chunk_size
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -142,38 +144,37 @@ class KDTrainer(Trainer):
         raw_labels = inputs.pop("labels")
         if labels is None:
             labels = raw_labels
-        stored = [
-            inputs.pop(k, None) for k in ("teacher_ids", "teacher_logprobs", "teacher_log_tail")
-        ]
+        index = inputs.pop(EXAMPLE_INDEX, None)
         step = self.state.global_step
         knobs = self.schedules.at(step, max(self.state.max_steps, 1))
         # chunk only when there is more than one chunk: a single chunk saves no memory and
         # only adds the custom backward (benchmarks/README.md: 0.78x at N = chunk = 1,024)
-        if (
+        chunked = (
             self.loss_chunk_size
             and labels.numel() > self.loss_chunk_size
             and _supports_chunking(self.accelerator.unwrap_model(model))
-        ):
+        )
+        ask = None
+        if knobs.soft_weight > 0:
+            ask = {**inputs} if index is None else {**inputs, EXAMPLE_INDEX: index}
+        if chunked:
             return self._chunked_loss(
-                model, inputs, labels, stored, knobs, step, num_items_in_batch, return_outputs
+                model, inputs, labels, ask, knobs, step, num_items_in_batch, return_outputs
             )
         outputs = model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         teacher_logits = None
-        if stored[0] is not None and knobs.soft_weight > 0:
-            # a cached teacher: sparse targets from the store, made at the cache temperature
+        sig = self.teacher.signal(ask, want=Want("logits")) if ask is not None else None
+        if sig is not None and sig.sparse is not None:
+            # sparse targets (a store, recorded log-probs), made at their own temperature
+            s = sig.sparse
+            vocab = self.kd_vocab_size or logits.shape[-1]
             teacher_logits = SparseSignal(
-                stored[0],
-                stored[1].float(),
-                stored[2].float(),
-                self.kd_vocab_size or logits.shape[-1],
-                self.signal_temperature,
+                s.ids, s.logprobs.float(), s.log_tail.float(), vocab, s.made_at_temperature
             )
             check_teacher_finite(teacher_logits, step)
-        elif self.teacher is not None and knobs.soft_weight > 0:
-            with torch.no_grad():
-                t_out = self.teacher(**inputs)
-                teacher_logits = t_out.logits if hasattr(t_out, "logits") else t_out
+        elif sig is not None:
+            teacher_logits = sig.logits
             check_teacher_finite(teacher_logits, step)
         sums = kd_step_sums(
             logits,
@@ -195,7 +196,7 @@ class KDTrainer(Trainer):
         loss = self._finish(model, loss, sums, knobs, inputs, labels, num_items_in_batch, step)
         return (loss, outputs) if return_outputs else loss
 
-    def _chunked_loss(self, model, inputs, labels, stored, knobs, step, num_items, return_outputs):
+    def _chunked_loss(self, model, inputs, labels, ask, knobs, step, num_items, return_outputs):
         """Same objective, but student (and teacher) logits are made chunk by chunk from
         final hidden states and the output head: no (tokens x V) tensor is ever held."""
         outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
@@ -209,25 +210,24 @@ class KDTrainer(Trainer):
         cap = getattr(core.config, "final_logit_softcapping", None)
         scale = getattr(core.config, "logit_scale", None)
         teacher, t_weight, t_bias = None, None, None
-        if stored[0] is not None and knobs.soft_weight > 0:
-            k = stored[0].shape[-1]
+        sig = self.teacher.signal(ask, want=Want("hidden")) if ask is not None else None
+        if sig is not None and sig.sparse is not None:
+            s = sig.sparse
+            k = s.ids.shape[-1]
             teacher = SparseSignal(
-                stored[0].reshape(-1, k),
-                stored[1].float().reshape(-1, k),
-                stored[2].float().reshape(-1),
+                s.ids.reshape(-1, k),
+                s.logprobs.float().reshape(-1, k),
+                s.log_tail.float().reshape(-1),
                 vocab,
-                self.signal_temperature,
+                s.made_at_temperature,
             )
-        elif self.teacher is not None and knobs.soft_weight > 0:
-            with torch.no_grad():
-                t_out = self.teacher(**inputs, output_hidden_states=True, logits_to_keep=1)
-            t_hidden = t_out.hidden_states[-1]
+        elif sig is not None:
+            t_hidden = sig.hidden
             if not bool(torch.isfinite(t_hidden).all()):
                 check_teacher_finite(torch.tensor([float("nan")]), step)
             teacher = t_hidden.reshape(-1, t_hidden.shape[-1])
-            t_head = self.teacher.get_output_embeddings()
-            t_weight = t_head.weight[:vocab]
-            t_bias = None if getattr(t_head, "bias", None) is None else t_head.bias[:vocab]
+            t_weight = sig.head_weight[:vocab]
+            t_bias = None if sig.head_bias is None else sig.head_bias[:vocab]
         flat_labels = labels.reshape(-1)
         loss, sums = chunked_kd_loss(
             flat_h,
