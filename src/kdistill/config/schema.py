@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -195,7 +197,7 @@ class GenerateSpec(Strict):
     n: int = Field(1, ge=1, description="samples per prompt")
     sampling_temperature: float = Field(0.7, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    max_tokens: int = Field(128, ge=1, description="max new tokens per sample")
+    max_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="max new tokens per sample")
     stop: list[str] = Field(default_factory=list, description="stop strings")
     system_prompt: str | None = Field(None, description="prepended system message")
     top_logprobs: int = Field(0, ge=0, le=20, description="per-token top logprobs to keep")

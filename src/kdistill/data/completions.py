@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdistill.data.lm import IGNORE_INDEX, BlockDataset, chat_example
+from kdistill.data.examples import IGNORE_INDEX, BlockDataset, chat_example
 from kdistill.errors import InputError
 
 

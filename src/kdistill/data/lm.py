@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from kdistill.data.completions import generation_datasets
+from kdistill.data.examples import IGNORE_INDEX, BlockDataset, chat_example
 from kdistill.errors import InputError, MissingFileError
-
-IGNORE_INDEX = -100
 
 
 def read_utf8(path: Path) -> str:
@@ -193,39 +193,6 @@ def pack_texts(tokenizer, texts: list[str], block_size: int, max_tokens: int | N
     return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
 
 
-def chat_example(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with everything before the final assistant reply masked."""
-    if not messages or messages[-1].get("role") != "assistant":
-        raise InputError("a chat record's last message must be the assistant's reply")
-    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
-    prompt = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=False
-    )
-    if hasattr(full, "input_ids"):
-        full, prompt = full["input_ids"], prompt["input_ids"]
-    full, prompt = list(full)[:max_length], list(prompt)
-    n_prompt = min(len(prompt), len(full))
-    labels = [IGNORE_INDEX] * n_prompt + full[n_prompt:]
-    return full, labels
-
-
-class BlockDataset(torch.utils.data.Dataset):
-    """Items ``{input_ids, labels}`` from packed blocks or chat examples."""
-
-    def __init__(self, examples: list[tuple[list[int], list[int]]] | torch.Tensor):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        ex = self.examples[i]
-        if isinstance(ex, torch.Tensor):
-            return {"input_ids": ex, "labels": ex.clone()}
-        ids, labels = ex
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-
-
 def data_fingerprint(dataset: BlockDataset) -> str:
     """sha256 over every example's token ids and labels (what a teacher store must match)."""
     h = hashlib.sha256()
@@ -296,8 +263,6 @@ def build_lm_datasets(
     records = load_records(source, text_field)
     train, held = split_held_out(records, held_out_fraction, seed)
     if isinstance(records[0], dict):
-        from kdistill.data.completions import generation_datasets
-
         return generation_datasets(tokenizer, train, held, block_size, teacher_logprobs)
     if teacher_logprobs:
         raise InputError(

@@ -50,7 +50,7 @@ def materialise_bundled(name: str) -> Path:
     target = cache_root() / "models" / name
     if (target / "kdistill-complete").is_file():
         return target
-    from kdistill.models.loading import load_gguf, to_plain_model
+    from kdistill.models.gguf import load_gguf, to_plain_model
 
     gguf = bundled_gguf_path(name)
     model, tokenizer = load_gguf(gguf)

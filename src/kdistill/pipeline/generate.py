@@ -53,7 +53,7 @@ def _record(prompt, sample: int, result: dict, backend: str, model: str) -> dict
     }
 
 
-async def _run_served(cfg: RunConfig, prompts, store: GenerationStore, todo, bar, task) -> int:
+async def _run_served(cfg: RunConfig, store: GenerationStore, todo, bar, task) -> int:
     from kdistill.teachers.served import OpenAICompatibleTeacher
 
     g = cfg.generate
@@ -252,7 +252,7 @@ def _generate(cfg: RunConfig, out: Path, prompts, identity: dict) -> dict:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("teacher generating", total=len(todo))
             if g.backend == "openai":
-                sent = asyncio.run(_run_served(cfg, prompts, store, todo, bar, task))
+                sent = asyncio.run(_run_served(cfg, store, todo, bar, task))
             else:
                 sent = _run_local(cfg, store, todo, bar, task)
     finally:

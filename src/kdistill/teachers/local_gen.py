@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 from kdistill.teachers.served import sample_seed
 
 
@@ -60,7 +61,7 @@ class LocalGenerator:
         kwargs = {
             "attention_mask": mask,
             "do_sample": temp > 0,
-            "max_new_tokens": params.get("max_tokens", 64),
+            "max_new_tokens": params.get("max_tokens", DEFAULT_MAX_NEW_TOKENS),
             "output_logits": True,
             "return_dict_in_generate": True,
             "pad_token_id": pad,

@@ -18,6 +18,7 @@ from tenacity import (
 )
 
 from kdistill.errors import KdistillError
+from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 
 
 class ServedError(KdistillError, RuntimeError):
@@ -127,7 +128,7 @@ class OpenAICompatibleTeacher:
             "model": self.model,
             "temperature": params.get("sampling_temperature", 1.0),
             "top_p": params.get("top_p", 1.0),
-            "max_tokens": params.get("max_tokens", 256),
+            "max_tokens": params.get("max_tokens", DEFAULT_MAX_NEW_TOKENS),
             "seed": sample_seed(prompt.id, sample),
         }
         if params.get("stop"):
