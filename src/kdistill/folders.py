@@ -26,6 +26,9 @@ from kdistill.files import (
     is_environment_error,
     output_error,
 )
+from kdistill.log import get_logger
+
+log = get_logger(__name__)
 
 MARKER = ".kdistill-owned.json"
 LOCK = ".kdistill.lock"
@@ -200,5 +203,5 @@ def claim_folder(path: str | Path, kind: str, *, field: str, fresh: bool = False
             folder.release()
             raise
         if removed:
-            print(f"[kdistill] --fresh: removed {', '.join(removed)} from {p}")
+            log.info(f"--fresh: removed {', '.join(removed)} from {p}")
     return folder

@@ -77,7 +77,7 @@ def test_generate_regenerates_only_what_was_lost_and_refuses_another_teacher(tmp
         assert main(args) == 0
         assert sum(server.hits.values()) == hits_before  # p1 not paid for again
         assert len(gens.read_text().splitlines()) == 4
-        assert "moved to generations.quarantine.jsonl" in capsys.readouterr().out
+        assert "moved to generations.quarantine.jsonl" in capsys.readouterr().err
         # the same folder, another served model: refused, nothing touched
         state = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
         assert main([*args, "generate.model=other"]) == 2

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from kdistill import __version__
+from kdistill.log import say
 
 app = typer.Typer(
     name="kdistill",
@@ -84,7 +85,7 @@ def distill(
         out = run_distill_lm(
             cfg, fresh=fresh, resume=resume, allow_teacher_change=allow_teacher_change
         )
-    typer.echo(f"student saved in {out / 'model'}")
+    say(f"student saved in {out / 'model'}")
 
 
 @app.command("train-teacher")
@@ -95,7 +96,7 @@ def train_teacher(config: ConfigArg, overrides: OverridesArg = None, fresh: Fres
 
     cfg = load_config(config, overrides or [])
     out = run_train_teacher(cfg, fresh=fresh)
-    typer.echo(f"teacher saved in {out / 'model'}")
+    say(f"teacher saved in {out / 'model'}")
 
 
 @app.command()
@@ -233,7 +234,7 @@ def report(
         if not p.is_file():
             raise MissingFileError(f"results file {str(p)!r} not found")
     html_path, md_path = render_report(results, out or results[0].parent, logs)
-    typer.echo(f"report: {html_path} and {md_path}")
+    say(f"report: {html_path} and {md_path}")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from rich.table import Table
 from kdistill.config import builders
 from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError
+from kdistill.log import say
 
 console = Console()
 
@@ -143,7 +144,7 @@ def _fill_store(cfg: RunConfig, teacher, tok, train_ds, write_store):
             seed=cfg.seed,
             progress=tick,
         )
-    console.print(
+    say(
         f"store {dest}: {manifest.n_shards} shards ({len(report.computed_shards)} computed, "
         f"{len(report.skipped_shards)} already done), {report.bytes_per_token:.1f} bytes/token"
     )
@@ -227,5 +228,5 @@ def run_cache_plan(cfg: RunConfig, sample_blocks: int = 4) -> list[dict]:
             f"{r['captured_mass']:.3f}",
             f"{r['kl_full_to_reconstruction']:.4f}",
         )
-    console.print(table)
+    say(table)
     return rows

@@ -11,7 +11,10 @@ from kdistill.config import builders
 from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError, Preempted
 from kdistill.files import atomic_write_json, check_output_folder
+from kdistill.log import get_logger
 from kdistill.pipeline.run_dir import FINAL, RunFolder, open_run
+
+log = get_logger(__name__)
 
 
 def _check_source(cfg: RunConfig) -> None:
@@ -61,7 +64,7 @@ def _train(
     )
     last = latest_complete_checkpoint(ckpt) if resume else None
     if last is not None:
-        print(f"[kdistill] resuming from {last}")
+        log.info(f"resuming from {last}")
     run.save_config(cfg)
     t0 = time.perf_counter()
     with preemption.armed():
@@ -112,7 +115,7 @@ def _finish(
     if teacher_name is not None and me != teacher_name:
         line += f", agreement with teacher {results[me]['top1_agreement']:.3f}"
         line += f" (teacher accuracy {results[teacher_name]['accuracy']:.3f})"
-    print(f"[kdistill] {run_dir}: {line}")
+    log.info(f"{run_dir}: {line}")
     return run_dir
 
 
@@ -132,7 +135,7 @@ def _start(cfg: RunConfig, fresh: bool):
     run = open_run(cfg, fresh=fresh)
     if run.done:
         run.release()
-        print(f"[kdistill] {run.path} is already complete; pass --fresh to retrain")
+        log.info(f"{run.path} is already complete; pass --fresh to retrain")
         return None
     return run
 

@@ -25,6 +25,7 @@ import torch
 
 from kdistill.errors import InputError
 from kdistill.eval import metrics
+from kdistill.log import say
 
 THRESHOLDS = {"perplexity_ratio": 1.5, "unigram_jsd_bits": 0.18, "embedding_cosine_distance": 0.1}
 
@@ -104,8 +105,6 @@ def compare(a: dict, b: dict) -> dict:
 def run_datacheck(
     model_spec: str, distill_source: str, production_source: str, max_tokens: int = 2048
 ) -> dict:
-    from rich.console import Console
-
     from kdistill.models.loading import check_model_files, load_causal_lm
 
     distill_texts = load_texts(distill_source)
@@ -115,7 +114,6 @@ def run_datacheck(
     a = profile(model, tok, distill_texts, max_tokens)
     b = profile(model, tok, production_texts, max_tokens)
     scores = compare(a, b)
-    console = Console()
     for k in (
         "perplexity_distill",
         "perplexity_production",
@@ -124,15 +122,13 @@ def run_datacheck(
         "embedding_cosine_distance",
     ):
         limit = THRESHOLDS.get(k)
-        console.print(
-            f"{k:28s} {scores[k]:10.4f}" + (f"   (mismatch above {limit})" if limit else "")
-        )
+        say(f"{k:28s} {scores[k]:10.4f}" + (f"   (mismatch above {limit})" if limit else ""))
     if scores["mismatch"]:
-        console.print(
+        say(
             "[bold red]WARNING: the distillation data does not match the production sample "
             f"({', '.join(scores['flags'])}). A student distilled on it will copy the teacher "
             "where production traffic is not: distil on data like production.[/bold red]"
         )
     else:
-        console.print("[green]distillation data matches the production sample[/green]")
+        say("[green]distillation data matches the production sample[/green]")
     return scores

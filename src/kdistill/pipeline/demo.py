@@ -7,12 +7,11 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from rich.console import Console
+from rich.rule import Rule
 
 from kdistill.config.loader import load_config
 from kdistill.files import atomic_write_json
-
-console = Console()
+from kdistill.log import say
 
 
 def demo_config_path() -> Path:
@@ -35,7 +34,7 @@ def print_table(results: dict) -> None:
     from kdistill.pipeline.evaluate import results_table
 
     rows = {name: results[name] for name in ("teacher", "student", "baseline")}
-    console.print(results_table(rows, "kdistill demo: held-out KJV chapters"))
+    say(results_table(rows, "kdistill demo: held-out KJV chapters"))
 
 
 def run_demo(
@@ -68,15 +67,15 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
 
     timings = {}
     t0 = time.perf_counter()
-    console.rule("[bold]1/3 distilling the student from the teacher")
+    say(Rule("[bold]1/3 distilling the student from the teacher"))
     s_dir = run_distill_lm(s_cfg, fresh=fresh)
     timings["distill_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    console.rule("[bold]2/3 training the same-size baseline without the teacher")
+    say(Rule("[bold]2/3 training the same-size baseline without the teacher"))
     b_dir = run_distill_lm(b_cfg, fresh=fresh)
     timings["baseline_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    console.rule("[bold]3/3 evaluating teacher, student and baseline on held-out text")
+    say(Rule("[bold]3/3 evaluating teacher, student and baseline on held-out text"))
     teacher, tok = load_causal_lm(s_cfg.teacher.model, frozen=True)
     student, _ = load_causal_lm(str(s_dir / "model"), frozen=True)
     baseline, _ = load_causal_lm(str(b_dir / "model"), frozen=True)
@@ -107,7 +106,7 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     atomic_write_json(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]
-    console.print(
+    say(
         f"student: {d['student_size_fraction']:.0%} of the teacher's parameters, "
         f"{d['student_speedup']:.2f}x its forward speed; perplexity "
         f"{results['student']['perplexity']:.2f} vs baseline "
@@ -117,6 +116,6 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     from kdistill.report import render_report
 
     html_path, md_path = render_report([out / "results.json"], out)
-    console.print(f"results: {out / 'results.json'}  ({timings['total_seconds']:.0f} s)")
-    console.print(f"report:  {html_path}  (and {md_path.name})")
+    say(f"results: {out / 'results.json'}  ({timings['total_seconds']:.0f} s)")
+    say(f"report:  {html_path}  (and {md_path.name})")
     return out / "results.json"

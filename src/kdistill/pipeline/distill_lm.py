@@ -11,7 +11,10 @@ from kdistill.config import builders
 from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError, Preempted
 from kdistill.files import atomic_write_json
+from kdistill.log import get_logger
 from kdistill.pipeline.run_dir import RunFolder, open_run, save_final_model
+
+log = get_logger(__name__)
 
 
 def _threads(cfg: RunConfig) -> None:
@@ -80,7 +83,7 @@ def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
     if cfg.teacher.cache is not None:
         return _store_teacher(cfg, tok, train_ds)
     if cfg.data.teacher_logprobs:
-        print(f"[kdistill] {train_ds.signal_stats.line()}")
+        log.info(f"{train_ds.signal_stats.line()}")
         return RecordedTeacher(train_ds.recorded_targets, vocab)
     return ModelTeacher(model)
 
@@ -102,7 +105,7 @@ def run_distill_lm(
     check_lm_run(cfg, allow_teacher_change=allow_teacher_change)
     with open_run(cfg, fresh=fresh) as run:
         if run.done:
-            print(f"[kdistill] {run.path} is already complete; pass --fresh to retrain")
+            log.info(f"{run.path} is already complete; pass --fresh to retrain")
             return run.path
         return _train_lm(cfg, run, resume)
 
@@ -146,7 +149,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     )
     last = latest_complete_checkpoint(ckpt_dir) if resume else None
     if last is not None:
-        print(f"[kdistill] resuming from {last}")
+        log.info(f"resuming from {last}")
     run.save_config(cfg)
     t0 = time.perf_counter()
     with preemption.armed():

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from kdistill.errors import InputError
 from kdistill.eval.derived import derive
 from kdistill.files import atomic_write_json, check_output_folder
+from kdistill.log import say
 
 
 def run_eval(
@@ -97,8 +97,8 @@ def _run_eval_classifiers(
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
     atomic_write_json(out, {**results, "derived": derive(results, lm=False)})
-    Console().print(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
-    Console().print(f"results: {out}")
+    say(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
+    say(f"results: {out}")
     return results
 
 
@@ -150,8 +150,8 @@ def _run_eval_lms(
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
     atomic_write_json(out, {**results, "derived": derive(results, lm=True)})
     table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
-    Console().print(table)
-    Console().print(f"results: {out}")
+    say(table)
+    say(f"results: {out}")
     return results
 
 

@@ -23,8 +23,10 @@ from kdistill.data.filters import (
 from kdistill.data.generations import GenerationStore, load_prompts
 from kdistill.errors import ProvenanceError
 from kdistill.files import atomic_write_json, atomic_write_jsonl
+from kdistill.log import get_logger, say
 
-console = Console()
+console = Console()  # progress bars only
+log = get_logger(__name__)
 
 
 def _params(g) -> dict:
@@ -240,11 +242,11 @@ def _generate(cfg: RunConfig, out: Path, prompts, identity: dict) -> dict:
     store = GenerationStore(out / "generations.jsonl")
     if store.quarantined:
         lost = [e for e in store.quarantined if e["key"] is None]
-        console.print(
-            f"[yellow]{len(store.quarantined)} damaged line(s) of generations.jsonl moved to "
-            f"{store.quarantine_path.name}[/yellow] ({len(lost)} without a readable id, "
-            "generated again; the others are kept there, not paid for again: delete their "
-            "lines to regenerate them)"
+        log.warning(
+            f"{len(store.quarantined)} damaged line(s) of generations.jsonl moved to "
+            f"{store.quarantine_path.name} ({len(lost)} without a readable id, generated "
+            "again; the others are kept there, not paid for again: delete their lines to "
+            "regenerate them)"
         )
     todo = [(p, s) for p in prompts for s in range(g.n) if (p.id, s) not in store.done]
     already = len(prompts) * g.n - len(todo)
@@ -279,10 +281,10 @@ def _generate(cfg: RunConfig, out: Path, prompts, identity: dict) -> dict:
         "quarantined": len(store.quarantined),
     }
     atomic_write_json(out / "summary.json", summary)
-    console.print(
+    say(
         f"{len(records)} generations ({already} already done, {len(todo)} now); "
         f"kept {len(kept)} after filters -> {out / 'kept.jsonl'}"
     )
     for c in counts:
-        console.print(f"  {c['filter']:10s} kept {c['kept']:5d}  dropped {c['dropped']:5d}")
+        say(f"  {c['filter']:10s} kept {c['kept']:5d}  dropped {c['dropped']:5d}")
     return summary

@@ -8,6 +8,7 @@ import torch
 
 from kdistill.eval import metrics
 from kdistill.files import atomic_write_bytes, atomic_write_json
+from kdistill.log import say
 
 DEFAULT_TEMPERATURES = (0.2, 1.0, 2.0, 5.0, 20.0)
 
@@ -107,7 +108,6 @@ def plot_soft_labels(rows: list[dict], path: Path) -> Path:
 
 
 def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_dir: Path):
-    from rich.console import Console
     from rich.table import Table
 
     from kdistill.errors import InputError
@@ -120,7 +120,6 @@ def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_
     check_model_files(model_spec, "--model")
     model, tok = load_causal_lm(model_spec, frozen=True)
     rows = soft_labels(model, tok, prompt, temperatures)
-    console = Console()
     table = Table(title=f"next-token soft labels for {prompt!r}")
     table.add_column("T", justify="right")
     table.add_column("entropy", justify="right")
@@ -128,14 +127,14 @@ def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_
     for r in rows:
         tops = ", ".join(f"{x['token']!r} {x['prob']:.2f}" for x in r["top"][:5])
         table.add_row(f"{r['temperature']:g}", f"{r['entropy_nats']:.2f}", tops)
-    console.print(table)
+    say(table)
     result = {"prompt": prompt, "model": model_spec, "soft_labels": rows}
     if sequences:
         seqs = sampled_sequences(model, tok, prompt, sequences)
         result["sequences"] = seqs
         for s in seqs:
-            console.print(f"{s['share']:6.1%}  {prompt}[bold]{s['text']}[/bold]")
+            say(f"{s['share']:6.1%}  {prompt}[bold]{s['text']}[/bold]")
     atomic_write_json(out_dir / "inspect.json", result)
     png = plot_soft_labels(rows, out_dir / "soft_labels.png")
-    console.print(f"wrote {out_dir / 'inspect.json'} and {png}")
+    say(f"wrote {out_dir / 'inspect.json'} and {png}")
     return result

@@ -18,6 +18,9 @@ from kdistill.config.loader import ConfigError, save_config
 from kdistill.config.schema import RunConfig
 from kdistill.files import check_output_folder
 from kdistill.folders import OwnedFolder, claim_folder, is_main_process
+from kdistill.log import get_logger
+
+log = get_logger(__name__)
 
 FINAL = "model"
 DONE = "kdistill-done"
@@ -139,7 +142,7 @@ def open_run(cfg: RunConfig, *, fresh: bool = False) -> RunFolder:
     run = RunFolder(owned.path, owned, done=is_done(owned.path) and not fresh, changed=changes)
     if changes and not run.done:
         shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        print(f"[kdistill] resuming {owned.path} with changed settings: {shown}")
+        log.info(f"resuming {owned.path} with changed settings: {shown}")
     return run
 
 
