@@ -53,7 +53,12 @@ def main() -> None:
     cfg_online = load_config(demo_config_path(), [f"output_dir={args.out / 'online'}", *common])
     cfg_store = load_config(
         demo_config_path(),
-        [f"output_dir={args.out / 'store_run'}", f"teacher.cache={args.out / 'store'}", *common],
+        [
+            f"output_dir={args.out / 'store_run'}",
+            "teacher.kind=store",
+            f"teacher.path={args.out / 'store'}",
+            *common,
+        ],
     )
     result: dict = {
         "machine": platform.platform(),

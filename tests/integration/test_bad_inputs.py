@@ -194,13 +194,38 @@ CASES = [
     ),
     (
         "store-missing",
-        lambda f, o: _distill(f, o, **{"teacher.cache": o / "nostore"}),
+        lambda f, o: _distill(f, o, **{"teacher.kind": "store", "teacher.path": o / "nostore"}),
         "no manifest.json",
     ),
     (
-        "store-and-api-logprobs",
-        lambda f, o: _distill(f, o, **{"teacher.cache": o / "s", "data.teacher_logprobs": "true"}),
-        "choose one source",
+        "old-key-teacher-cache",
+        lambda f, o: _distill(f, o, **{"teacher.cache": o / "s"}),
+        "teacher.cache is gone; use teacher.kind=store with teacher.path",
+    ),
+    (
+        "old-key-baseline",
+        lambda f, o: _distill(f, o, **{"distill.baseline": "true"}),
+        "distill.baseline is gone; use teacher.kind=none",
+    ),
+    (
+        "old-key-teacher-logprobs",
+        lambda f, o: _distill(f, o, **{"data.teacher_logprobs": "true"}),
+        "data.teacher_logprobs is gone; use teacher.kind=recorded",
+    ),
+    (
+        "teacher-kind-unknown",
+        lambda f, o: _distill(f, o, **{"teacher.kind": "oracle"}),
+        "unknown teacher.kind 'oracle'",
+    ),
+    (
+        "store-without-path",
+        lambda f, o: _distill(f, o, **{"teacher.kind": "store"}),
+        "teacher.path: Field required",
+    ),
+    (
+        "recorded-without-logprobs",
+        lambda f, o: _distill(f, o, **{"teacher.kind": "recorded"}),
+        "needs a kept.jsonl",
     ),
     ("train-teacher-output-dot", lambda f, o: ["train-teacher", DEMO, "output_dir=."], "working"),
     (

@@ -60,7 +60,7 @@ def test_topk_with_all_ids_trains_like_online(word_teacher_dir, tiny_text_file, 
                 tiny_text_file,
                 offline,
                 store,
-                **{**common, "teacher.cache": str(store)},
+                **{**common, "teacher.kind": "store", "teacher.path": str(store)},
             ),
         )
     )
@@ -88,7 +88,7 @@ def test_sampled_store_trains_and_is_small(tiny_teacher_dir, tiny_text_file, tmp
                 tiny_text_file,
                 out,
                 store,
-                **{"cache.n": 16, "teacher.cache": str(store)},
+                **{"cache.n": 16, "teacher.kind": "store", "teacher.path": str(store)},
             ),
         )
     )
@@ -120,7 +120,7 @@ def test_flipped_byte_is_detected(tiny_teacher_dir, tiny_text_file, tmp_path, ca
             tiny_text_file,
             tmp_path / "t",
             store,
-            **{"cache.shard_blocks": 2, "teacher.cache": str(store)},
+            **{"cache.shard_blocks": 2, "teacher.kind": "store", "teacher.path": str(store)},
         ),
     ]
     assert main(argv) == 2
@@ -138,7 +138,7 @@ def test_store_for_other_data_is_refused(tiny_teacher_dir, tiny_text_file, tmp_p
             tiny_text_file,
             tmp_path / "t",
             store,
-            **{"teacher.cache": str(store), "data.held_out_fraction": 0.3},
+            **{"teacher.kind": "store", "teacher.path": str(store), "data.held_out_fraction": 0.3},
         ),
     ]
     assert main(argv) == 2

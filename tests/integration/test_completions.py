@@ -151,7 +151,7 @@ def test_distill_trains_on_api_logprobs_without_a_teacher_model(
     run = tmp_path / "run"
     argv = ["distill", str(REPO / "src/kdistill/configs/demo.yaml")]
     argv += tiny_overrides(tiny_teacher_dir, kept, run, **{"training.max_steps": 3})
-    argv += ["data.teacher_logprobs=true", "data.block_size=32"]
+    argv += ["teacher.kind=recorded", "data.block_size=32"]
     assert main(argv) == 0
     log = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
     assert log and all(r["soft_loss"] > 0 and math.isfinite(r["loss"]) for r in log)

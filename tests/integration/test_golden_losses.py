@@ -91,22 +91,28 @@ def test_losses_and_weights_match_the_golden_file(
         "online_full": _run(
             "online_full", t, d, tmp_path / "b", **{"training.loss_chunk_size": "null"}
         ),
-        "store_chunked": _run("store_chunked", t, d, tmp_path / "c1", **{"teacher.cache": store}),
+        "store_chunked": _run(
+            "store_chunked",
+            t,
+            d,
+            tmp_path / "c1",
+            **{"teacher.kind": "store", "teacher.path": store},
+        ),
         "store_full": _run(
             "store_full",
             t,
             d,
             tmp_path / "c2",
-            **{"teacher.cache": store, "training.loss_chunk_size": "null"},
+            **{"teacher.kind": "store", "teacher.path": store, "training.loss_chunk_size": "null"},
         ),
         "recorded": _run(
             "recorded",
             t,
             kept,
             tmp_path / "r",
-            **{"data.teacher_logprobs": "true", "data.block_size": 32},
+            **{"teacher.kind": "recorded", "data.block_size": 32},
         ),
-        "none": _run("none", t, d, tmp_path / "n", **{"distill.baseline": "true"}),
+        "none": _run("none", t, d, tmp_path / "n", **{"teacher.kind": "none"}),
     }
     if os.environ.get("KDISTILL_WRITE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)

@@ -120,7 +120,9 @@ def test_store_of_another_teacher_is_refused(
     assert (store / "manifest.json").read_bytes() == manifest
     # training from it with another teacher named: refused, no run folder written
     run = tmp_path / "run"
-    other = tiny_overrides(word_teacher_dir, tiny_text_file, run, **{"teacher.cache": store})
+    other = tiny_overrides(
+        word_teacher_dir, tiny_text_file, run, **{"teacher.kind": "store", "teacher.path": store}
+    )
     assert main(["distill", DEMO, *other]) == 2
     err = capsys.readouterr().err
     assert "was made by teacher" in err and "--allow-teacher-change" in err

@@ -75,7 +75,7 @@ def test_baseline_switch_trains_without_teacher(tiny_teacher_dir, tiny_text_file
     out = tmp_path / "base"
     cfg = load_config(
         REPO / "src/kdistill/configs/demo.yaml",
-        tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"distill.baseline": "true"}),
+        tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"teacher.kind": "none"}),
     )
     run_distill_lm(cfg)
     log = _log(out)

@@ -249,7 +249,7 @@ def test_student_finetuned_on_served_generations_agrees_more(llama_server, real_
     before = _agreement(build_student_from_teacher(teacher, seed=0, every=3), tok, held)
     run = tmp_path / "run"
     argv = ["distill", str(DEMO), f"output_dir={run}", f"data.source={gen_dir / 'kept.jsonl'}"]
-    argv += ["data.teacher_logprobs=true", "data.held_out_fraction=0.1", "data.block_size=64"]
+    argv += ["teacher.kind=recorded", "data.held_out_fraction=0.1", "data.block_size=64"]
     argv += ["training.max_steps=24", "training.per_device_batch_size=8"]
     argv += ["training.save_steps=100", "training.logging_steps=8", "training.warmup_steps=2"]
     assert main(argv) == 0
@@ -257,7 +257,7 @@ def test_student_finetuned_on_served_generations_agrees_more(llama_server, real_
     after = _agreement(student, tok, held)
     # the same run as plain SFT on the generated text (hard labels only)
     sft_run = tmp_path / "sft"
-    sft = [*argv, f"output_dir={sft_run}", "data.teacher_logprobs=false"]
+    sft = [*argv, f"output_dir={sft_run}", "teacher.kind=model"]
     assert main([*sft, "distill.soft_weight=0", "distill.hard_weight=1"]) == 0
     sft_after = _agreement(load_causal_lm(str(sft_run / "model"), frozen=True)[0], tok, held)
     teacher_self = _agreement(teacher, tok, held)

@@ -24,10 +24,20 @@ def schedule_kwargs(cfg: RunConfig) -> dict:
     return {
         "kd_temperature": _scalar(d.kd_temperature),
         # the no-teacher baseline trains on hard labels only (and logs it that way)
-        "soft_weight": 0.0 if d.baseline else _scalar(d.soft_weight),
-        "hard_weight": 1.0 if d.baseline else _scalar(d.hard_weight),
+        "soft_weight": 0.0 if no_teacher(cfg) else _scalar(d.soft_weight),
+        "hard_weight": 1.0 if no_teacher(cfg) else _scalar(d.hard_weight),
         "beta": _scalar(d.beta),
     }
+
+
+def no_teacher(cfg: RunConfig) -> bool:
+    """The same-size baseline: ``teacher.kind: none``."""
+    return cfg.teacher.kind == "none"
+
+
+def teacher_settings(cfg: RunConfig) -> dict:
+    """The teacher section as plain values (for a teacher kind's factory)."""
+    return cfg.teacher.model_dump(mode="json")
 
 
 def objective_kwargs(cfg: RunConfig) -> dict:

@@ -87,6 +87,46 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: {key}: {err['msg']}{shown}"
 
 
+# settings replaced by the one `teacher:` section: (section, key) -> how to say it now
+OLD_KEYS = {
+    ("teacher", "cache"): "teacher.kind=store with teacher.path=<the store folder>",
+    ("data", "teacher_logprobs"): "teacher.kind=recorded",
+    ("distill", "baseline"): "teacher.kind=none",
+}
+
+
+def _old_keys(data: dict) -> list[tuple[str, str]]:
+    return [
+        (sec, key) for sec, key in OLD_KEYS if isinstance(data.get(sec), dict) and key in data[sec]
+    ]
+
+
+def refuse_old_keys(data: dict, source: str) -> None:
+    """One line naming the new setting for a key the teacher section replaced."""
+    for sec, key in _old_keys(data):
+        raise ConfigError(f"{source}: {sec}.{key} is gone; use {OLD_KEYS[(sec, key)]}")
+
+
+def migrate_old_keys(data: dict) -> dict:
+    """A config saved before the teacher section (a run folder being resumed), in today's
+    form: ``teacher.cache`` -> kind store, ``data.teacher_logprobs`` -> kind recorded,
+    ``distill.baseline`` -> kind none (the first that applies wins, as the old code did)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    cache = data.get("teacher", {}).pop("cache", None)
+    recorded = data.get("data", {}).pop("teacher_logprobs", False)
+    baseline = data.get("distill", {}).pop("baseline", False)
+    teacher = data.setdefault("teacher", {})
+    if baseline:
+        teacher["kind"] = "none"
+    elif cache is not None:
+        teacher.update(kind="store", path=cache)
+    elif recorded:
+        teacher["kind"] = "recorded"
+    teacher.setdefault("kind", "model")
+    data.get("student", {}).pop("cache", None)
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (or start from defaults when ``path`` is None), apply overrides, validate."""
     data: dict = {}
@@ -108,6 +148,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         data = loaded
     data = apply_overrides(data, overrides or [])
+    refuse_old_keys(data, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 
@@ -61,15 +61,82 @@ class ModelSpec(Strict):
     from_teacher: StudentFromTeacher | None = Field(
         None, description="student only: derive from the teacher's layers"
     )
-    cache: str | None = Field(
-        None, description="teacher only: a store from `kdistill cache`; no teacher model runs"
-    )
     hidden: list[int] = Field(
         default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
     )
     channels: list[int] = Field(
         default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
     )
+
+
+class TeacherSpec(Strict):
+    """Where the teacher's knowledge comes from (``kind``), and the teacher model if any.
+
+    ``model`` is the teacher model: run online (kind ``model``), the one a store or recorded
+    log-probs are checked against, the one a student is cut from, the one evaluated beside.
+    """
+
+    kind: str = Field(
+        "model",
+        description="model: the teacher runs beside the student | store: sparse targets "
+        "from `kdistill cache` (teacher.path) | recorded: top logprobs stored with the "
+        "generations in data.source | none: no teacher (the same-size baseline)",
+    )
+    model: str | None = Field(
+        "smollm2-135m",
+        description="bundled name (smollm2-135m), a .gguf file, or a local HF folder; "
+        "for classifiers an architecture (cnn, mlp) or a trained run's model folder",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    hidden: list[int] = Field(
+        default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
+    )
+    channels: list[int] = Field(
+        default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
+    )
+
+
+class ModelTeacherSpec(TeacherSpec):
+    kind: Literal["model"] = "model"
+
+
+class StoreTeacherSpec(TeacherSpec):
+    kind: Literal["store"] = "store"
+    path: str = Field(description="the store folder written by `kdistill cache` (cache.dir)")
+
+
+class RecordedTeacherSpec(TeacherSpec):
+    kind: Literal["recorded"] = "recorded"
+
+
+class NoTeacherSpec(TeacherSpec):
+    kind: Literal["none"] = "none"
+
+
+# teacher.kind -> its settings; register_teacher_spec adds kinds (also from outside kdistill)
+TEACHER_SPECS: dict[str, type[TeacherSpec]] = {
+    "model": ModelTeacherSpec,
+    "store": StoreTeacherSpec,
+    "recorded": RecordedTeacherSpec,
+    "none": NoTeacherSpec,
+}
+
+
+def register_teacher_spec(kind: str, spec: type[TeacherSpec]) -> None:
+    """Make ``teacher: {kind: <kind>, ...}`` valid, with ``spec``'s settings."""
+    TEACHER_SPECS[kind] = spec
+
+
+def teacher_spec(data) -> TeacherSpec:
+    """The settings class of ``data['kind']`` (default ``model``), validated."""
+    if isinstance(data, TeacherSpec):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError("teacher must be a mapping, e.g. {kind: model, model: smollm2-135m}")
+    kind = data.get("kind", "model")
+    if kind not in TEACHER_SPECS:
+        raise ValueError(f"unknown teacher.kind {kind!r}; use one of {', '.join(TEACHER_SPECS)}")
+    return TEACHER_SPECS[kind].model_validate(data)
 
 
 class DataSpec(Strict):
@@ -80,11 +147,6 @@ class DataSpec(Strict):
     max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")
     max_eval_tokens: int | None = Field(16384, ge=1, description="cap on held-out tokens")
     max_train_examples: int | None = Field(None, ge=1, description="classifier: cap on examples")
-    teacher_logprobs: bool = Field(
-        False,
-        description="soft term from the per-token top logprobs stored with generations "
-        "(kdistill generate, generate.top_logprobs > 0); no teacher model is run",
-    )
 
 
 class DistillSpec(Strict):
@@ -97,9 +159,6 @@ class DistillSpec(Strict):
     beta: Scalar = Field(0.5, description="generalized JSD mixture weight in [0, 1]")
     skew_alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixture weight")
     scale_by_t2: bool = Field(True, description="multiply the soft term by T^2 (Hinton 2015)")
-    baseline: bool = Field(
-        False, description="train without the teacher (hard labels only): the same-size baseline"
-    )
 
     @model_validator(mode="after")
     def _check_knobs(self):
@@ -222,10 +281,15 @@ class RunConfig(Strict):
     task: Literal["lm", "classifier"] = Field("lm", description="lm | classifier")
     output_dir: str = Field("runs/distill", description="run folder (checkpoints, model, logs)")
     seed: int = Field(0, description="seed for init, data order and splits")
-    teacher: ModelSpec = Field(default_factory=lambda: ModelSpec(model="smollm2-135m"))
+    teacher: SerializeAsAny[TeacherSpec] = Field(default_factory=ModelTeacherSpec)
     student: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_kind(cls, value):
+        return teacher_spec(value)

@@ -164,7 +164,7 @@ def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_si
         return BlockDataset(tr), ho
     if not any(r.get("teacher_top_logprobs") for r in train):
         raise InputError(
-            "data.teacher_logprobs: these generations hold no per-token top logprobs; "
+            "teacher.kind=recorded: these generations hold no per-token top logprobs; "
             "re-run kdistill generate with generate.top_logprobs > 0"
         )
     pieces, stats = PieceMap(tokenizer), SignalStats()

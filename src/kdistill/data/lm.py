@@ -266,7 +266,7 @@ def build_lm_datasets(
         return generation_datasets(tokenizer, train, held, block_size, teacher_logprobs)
     if teacher_logprobs:
         raise InputError(
-            "data.teacher_logprobs needs a kept.jsonl from kdistill generate "
+            "teacher.kind=recorded needs a kept.jsonl from kdistill generate "
             f"(with generate.top_logprobs > 0); {source!r} holds no generations"
         )
     if isinstance(records[0], list):

@@ -160,7 +160,7 @@ def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path
 def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool = True) -> Path:
     """Stage 2: distil the trained teacher (``teacher.model`` folder) into ``student.model``.
 
-    With ``distill.baseline`` the student trains on hard labels alone; the teacher (if given)
+    With ``teacher.kind: none`` the student trains on hard labels alone; the teacher (if given)
     is then only evaluated beside it, and the student's results are named ``baseline``.
     """
     from kdistill.models.classifiers import (
@@ -170,7 +170,7 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool 
     )
     from kdistill.models.loading import freeze
 
-    baseline = cfg.distill.baseline
+    baseline = builders.no_teacher(cfg)
     if not cfg.teacher.model and not baseline:
         raise InputError(
             "teacher.model: give the trained teacher's folder (kdistill "

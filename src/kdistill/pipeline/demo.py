@@ -25,7 +25,7 @@ def demo_configs(output_dir: Path, max_steps: int | None, overrides: list[str] |
     student = load_config(demo_config_path(), [f"output_dir={output_dir / 'student'}", *extra])
     baseline = load_config(
         demo_config_path(),
-        [f"output_dir={output_dir / 'baseline'}", "distill.baseline=true", *extra],
+        [f"output_dir={output_dir / 'baseline'}", "teacher.kind=none", *extra],
     )
     return student, baseline
 

@@ -55,37 +55,23 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
     return teacher, student, tok, vocab
 
 
-def _store_teacher(cfg: RunConfig, tok, train_ds):
-    """The store teacher, after checking the store matches the tokenizer and the data."""
-    from kdistill.cache import StoreReader
-    from kdistill.data.lm import data_fingerprint
-    from kdistill.models.vocab import tokenizer_fingerprint
-    from kdistill.teachers.store import StoreTeacher
+def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
+    """The run's teacher, built by its kind (``teacher.kind``)."""
+    from kdistill.teachers.kinds import build_teacher
 
-    reader = StoreReader(cfg.teacher.cache)
-    reader.check(
-        tokenizer_hash=tokenizer_fingerprint(tok),
-        data_fingerprint=data_fingerprint(train_ds),
+    teacher = build_teacher(
+        cfg.teacher.kind,
+        builders.teacher_settings(cfg),
+        model=model,
+        tokenizer=tok,
+        dataset=train_ds,
+        vocab_size=vocab,
         block_size=cfg.data.block_size,
     )
-    reader.verify_all()
-    return StoreTeacher(reader, len(train_ds))
-
-
-def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
-    """The run's teacher: none (baseline), a store, recorded API log-probs, or the model."""
-    from kdistill.teachers.base import NoTeacher
-    from kdistill.teachers.model import ModelTeacher
-    from kdistill.teachers.recorded import RecordedTeacher
-
-    if cfg.distill.baseline:
-        return NoTeacher()
-    if cfg.teacher.cache is not None:
-        return _store_teacher(cfg, tok, train_ds)
-    if cfg.data.teacher_logprobs:
-        log.info(f"{train_ds.signal_stats.line()}")
-        return RecordedTeacher(train_ds.recorded_targets, vocab)
-    return ModelTeacher(model)
+    stats = getattr(train_ds, "signal_stats", None)
+    if stats is not None:
+        log.info(stats.line())
+    return teacher
 
 
 def run_distill_lm(
@@ -121,13 +107,14 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
 
     run_dir = run.path
     set_seed(cfg.seed)
-    cached = cfg.teacher.cache is not None and not cfg.distill.baseline
-    from_api = cfg.data.teacher_logprobs and not cfg.distill.baseline
-    teacher, student, tok, vocab = load_models(
-        cfg, need_teacher=not cfg.distill.baseline and not cached and not from_api
-    )
+    from kdistill.teachers.kinds import needs_model
+
+    teacher, student, tok, vocab = load_models(cfg, need_teacher=needs_model(cfg.teacher.kind))
     train_ds, _ = build_lm_datasets(
-        tok, cfg.data.source, **builders.data_kwargs(cfg), teacher_logprobs=from_api
+        tok,
+        cfg.data.source,
+        **builders.data_kwargs(cfg),
+        teacher_logprobs=cfg.teacher.kind == "recorded",
     )
     kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab)
     collator = CausalCollator(tok.pad_token_id)
@@ -165,7 +152,8 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             "train_loss": result.training_loss,
             "train_blocks": len(train_ds),
             "block_size": cfg.data.block_size,
-            "baseline": cfg.distill.baseline,
+            "baseline": builders.no_teacher(cfg),
+            "teacher_kind": cfg.teacher.kind,
             "resumed_from": str(last) if last else None,
             "changed_on_resume": {k: list(v) for k, v in run.changed.items()},
         }

@@ -125,7 +125,7 @@ def _with_shares(records: list[dict]) -> None:
 def _training_record(r: dict, mode: str) -> dict:
     """Chat mode: ``messages`` ending in the assistant's reply; completions mode: ``prompt``
     and ``completion`` text. Both keep the teacher's tokens and per-token top logprobs (when
-    the backend gave them) for the soft term of ``data.teacher_logprobs``."""
+    the backend gave them) for the soft term of a recorded teacher (``teacher.kind: recorded``)."""
     out = {"prompt_id": r["prompt_id"], "sample": r["sample"]}
     if mode == "completions" and r["prompt"] is not None:
         out.update(prompt=r["prompt"], completion=r["completion"])

@@ -51,17 +51,13 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     """Everything about a causal-LM run that can be checked without loading a model."""
     from kdistill.data.lm import load_records
     from kdistill.models.loading import check_model_files
+    from kdistill.teachers.kinds import needs_model
 
     check_output_folder(cfg.output_dir, "output_dir")
-    baseline = cfg.distill.baseline
-    cached = cfg.teacher.cache is not None and not baseline
-    from_api = cfg.data.teacher_logprobs and not baseline
-    if cached and from_api:
-        raise InputError("teacher.cache and data.teacher_logprobs: choose one source of targets")
+    kind = cfg.teacher.kind
     if cfg.student.from_teacher is None and not cfg.student.model:
         raise InputError("student: set student.model or student.from_teacher")
-    needs_teacher = cfg.student.from_teacher is not None or not (baseline or cached or from_api)
-    if needs_teacher or cached:
+    if needs_model(kind) or cfg.student.from_teacher is not None or kind == "store":
         if not cfg.teacher.model:
             raise InputError("teacher.model: name the teacher (bundled name, .gguf or folder)")
         check_model_files(cfg.teacher.model, "teacher.model")
@@ -70,13 +66,13 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     if cfg.training.extra:
         check_training_extra(cfg.training.extra)
     load_records(cfg.data.source, cfg.data.text_field)
-    if cached:
+    if kind == "store":
         from kdistill.cache import StoreReader
 
-        reader = StoreReader(cfg.teacher.cache)
+        reader = StoreReader(cfg.teacher.path)
         check_store_teacher(
             reader.manifest.teacher,
             cfg.teacher.model,
             allow=allow_teacher_change,
-            where=f"teacher.cache={cfg.teacher.cache!r}",
+            where=f"teacher.path={cfg.teacher.path!r}",
         )

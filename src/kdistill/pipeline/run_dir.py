@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kdistill.config.loader import ConfigError, save_config
+from kdistill.config.loader import ConfigError, migrate_old_keys, save_config
 from kdistill.config.schema import RunConfig
 from kdistill.files import check_output_folder
 from kdistill.folders import OwnedFolder, claim_folder, is_main_process
@@ -122,6 +122,7 @@ def check_run_config(cfg: RunConfig, *, fresh: bool) -> dict:
         previous = None
     if not isinstance(previous, dict):
         raise ConfigError(f"{saved} is unreadable; pass --fresh to start the run over")
+    previous = migrate_old_keys(previous)  # a run folder from before the teacher section
     changes = config_changes(previous, cfg.model_dump(mode="json"))
     fixed = [k for k in changes if k not in CHANGEABLE_ON_RESUME]
     if fixed:

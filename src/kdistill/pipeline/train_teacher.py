@@ -12,7 +12,7 @@ def teacher_training_config(cfg: RunConfig) -> RunConfig:
     data = cfg.model_dump()
     data["student"] = {**data["student"], "model": cfg.teacher.model, "from_teacher": None}
     data["student"]["dtype"] = cfg.teacher.dtype
-    data["distill"]["baseline"] = True
+    data["teacher"] = {**data["teacher"], "kind": "none"}
     return RunConfig.model_validate(data)
 
 

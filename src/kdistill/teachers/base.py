@@ -92,13 +92,28 @@ def pad_sparse(
     return SparseSignal(ids, lp, tail, vocab_size, temperature)
 
 
-# name -> factory(**settings) -> Teacher; the config's `teacher.kind` names one
-TEACHER_KINDS: dict[str, Callable[..., Teacher]] = {}
+@dataclass(frozen=True)
+class TeacherKind:
+    """How to build one kind of teacher from the config's ``teacher`` section.
+
+    ``factory(settings, *, model, tokenizer, dataset, vocab_size) -> Teacher``: ``settings``
+    is the section as plain values; ``model`` the loaded teacher model (None unless
+    ``needs_model``); ``dataset`` the training examples (indexed as ``example_index``).
+    """
+
+    factory: Callable[..., Teacher]
+    needs_model: bool = False
 
 
-def register_teacher_kind(name: str, factory: Callable[..., Teacher]) -> None:
-    """Make a teacher kind buildable by name (also from code outside kdistill)."""
-    TEACHER_KINDS[name] = factory
+TEACHER_KINDS: dict[str, TeacherKind] = {}
 
 
-register_teacher_kind("none", lambda **_: NoTeacher())
+def register_teacher_kind(
+    name: str, factory: Callable[..., Teacher], *, needs_model: bool = False
+) -> None:
+    """Make a teacher kind buildable by name (also from code outside kdistill); its settings
+    are registered with :func:`kdistill.config.schema.register_teacher_spec`."""
+    TEACHER_KINDS[name] = TeacherKind(factory, needs_model)
+
+
+register_teacher_kind("none", lambda settings, **_: NoTeacher())

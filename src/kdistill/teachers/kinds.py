@@ -1,0 +1,52 @@
+"""The built-in teacher kinds, registered by name: ``model``, ``store``, ``recorded``,
+``none`` (see :mod:`kdistill.teachers.base`), and :func:`build_teacher`."""
+
+from __future__ import annotations
+
+from kdistill.errors import InputError
+from kdistill.teachers.base import TEACHER_KINDS, Teacher, register_teacher_kind
+from kdistill.teachers.model import ModelTeacher
+from kdistill.teachers.recorded import RecordedTeacher
+from kdistill.teachers.store import StoreTeacher
+
+
+def _store(settings: dict, *, tokenizer, dataset, block_size: int, **_) -> StoreTeacher:
+    """The store at ``settings['path']``, checked against the tokenizer and the data."""
+    from kdistill.cache import StoreReader
+    from kdistill.data.lm import data_fingerprint
+    from kdistill.models.vocab import tokenizer_fingerprint
+
+    reader = StoreReader(settings["path"])
+    reader.check(
+        tokenizer_hash=tokenizer_fingerprint(tokenizer),
+        data_fingerprint=data_fingerprint(dataset),
+        block_size=block_size,
+    )
+    reader.verify_all()
+    return StoreTeacher(reader, len(dataset))
+
+
+def _recorded(settings: dict, *, dataset, vocab_size: int, **_) -> RecordedTeacher:
+    targets = getattr(dataset, "recorded_targets", None)
+    if targets is None:
+        raise InputError(
+            "teacher.kind=recorded needs generations with top logprobs as data.source "
+            "(a kept.jsonl from kdistill generate with generate.top_logprobs > 0)"
+        )
+    return RecordedTeacher(targets, vocab_size)
+
+
+register_teacher_kind(
+    "model", lambda settings, *, model, **_: ModelTeacher(model), needs_model=True
+)
+register_teacher_kind("store", _store)
+register_teacher_kind("recorded", _recorded)
+
+
+def build_teacher(kind: str, settings: dict, **context) -> Teacher:
+    """The teacher of ``kind`` (context: model, tokenizer, dataset, vocab_size, block_size)."""
+    return TEACHER_KINDS[kind].factory(settings, **context)
+
+
+def needs_model(kind: str) -> bool:
+    return TEACHER_KINDS[kind].needs_model
