@@ -221,6 +221,11 @@ class KDTrainer(Trainer):
                 vocab,
                 s.made_at_temperature,
             )
+        elif sig is not None and sig.hidden is None:
+            # a teacher that only gives dense logits: the chunked loss takes (N, V) logits
+            t_logits = sig.logits
+            teacher = t_logits.reshape(-1, t_logits.shape[-1])[:, :vocab]
+            check_teacher_finite(teacher, step)
         elif sig is not None:
             t_hidden = sig.hidden
             if not bool(torch.isfinite(t_hidden).all()):
