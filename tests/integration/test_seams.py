@@ -1,5 +1,5 @@
-"""The seams are real: a teacher kind defined here, outside src/, registered and trained
-through a config that names it."""
+"""The seams are real: a teacher kind and a loss term defined here, outside src/, registered
+and trained through a config that names them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ import pytest
 import torch
 
 from kdistill.cli.main import main
-from kdistill.config.schema import TEACHER_SPECS, TeacherSpec, register_teacher_spec
+from kdistill.config.schema import (
+    TEACHER_SPECS,
+    TERM_SPECS,
+    TeacherSpec,
+    TermSpec,
+    register_teacher_spec,
+    register_term_spec,
+)
 from kdistill.teachers.base import TEACHER_KINDS, TeacherSignal, register_teacher_kind
+from kdistill.training.terms import LOSS_TERMS, register_loss_term
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration
@@ -74,3 +82,58 @@ def test_a_teacher_kind_defined_outside_src_trains(
     assert all(r["soft_loss"] > 0.1 for r in log)
     saved = (run / "config.yaml").read_text()
     assert "kind: oracle" in saved and "sharpness: 6.0" in saved
+
+
+class NormSpec(TermSpec):
+    """Keep the student's last hidden state small: mean squared activation (no teacher)."""
+
+    reads_teacher_states = False
+    name: Literal["norm"] = "norm"
+    layer: int = -1
+
+
+class NormTerm(torch.nn.Module):
+    teacher_states = ()
+
+    def __init__(self, layer: int):
+        super().__init__()
+        self.layer, self.calls = layer, 0
+
+    def forward(self, student_states, teacher_states, valid):
+        self.calls += 1
+        per = student_states[self.layer].float().pow(2).mean(-1)
+        return torch.where(valid, per, 0.0).sum()
+
+
+@pytest.fixture()
+def norm_term():
+    made = []
+
+    def factory(settings, *, student, teacher_model):
+        made.append(NormTerm(settings["layer"]))
+        return made[-1]
+
+    register_term_spec("norm", NormSpec)
+    register_loss_term("norm", factory)
+    yield made
+    TERM_SPECS.pop("norm")
+    LOSS_TERMS.pop("norm")
+
+
+def test_a_loss_term_defined_outside_src_trains_with_a_scheduled_weight(
+    norm_term, tiny_teacher_dir, tiny_text_file, tmp_path
+):
+    run = tmp_path / "run"
+    extra = {
+        "teacher.kind": "none",  # a term that reads no teacher states needs no teacher
+        "distill.terms": "[{name: norm, layer: 2, weight: {kind: linear, start: 1.0, end: 0.0}}]",
+        "training.max_steps": 3,
+    }
+    assert (
+        main(["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, run, **extra)])
+        == 0
+    )
+    (term,) = norm_term
+    assert term.layer == 2 and term.calls == 3
+    log = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
+    assert all(r["norm_loss"] > 0 for r in log) and all(r["soft_loss"] == 0 for r in log)

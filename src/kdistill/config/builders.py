@@ -40,6 +40,16 @@ def teacher_settings(cfg: RunConfig) -> dict:
     return cfg.teacher.model_dump(mode="json")
 
 
+def term_settings(cfg: RunConfig) -> list[dict]:
+    """``distill.terms`` as plain values, weights as numbers or schedule mappings."""
+    out = []
+    for t in cfg.distill.terms:
+        d = t.model_dump(mode="json")
+        d["weight"] = _scalar(t.weight)
+        out.append(d)
+    return out
+
+
 def objective_kwargs(cfg: RunConfig) -> dict:
     d = cfg.distill
     return {"divergence": d.divergence, "skew_alpha": d.skew_alpha, "scale_by_t2": d.scale_by_t2}

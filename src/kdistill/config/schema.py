@@ -6,10 +6,11 @@ naming the key's path and the nearest valid name.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from kdistill.schedules import as_schedule
 from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -149,6 +150,47 @@ class DataSpec(Strict):
     max_train_examples: int | None = Field(None, ge=1, description="classifier: cap on examples")
 
 
+class TermSpec(Strict):
+    """A loss term beyond ``kd`` and ``ce`` (whose weights are soft_weight / hard_weight)."""
+
+    # a term that reads the teacher's hidden states needs a teacher model (teacher.kind=model)
+    reads_teacher_states: ClassVar[bool] = True
+
+    name: str = Field(description="the term: hidden (or a registered one)")
+    weight: Scalar = Field(1.0, description="the term's weight (a number or a schedule)")
+
+
+class HiddenTermSpec(TermSpec):
+    """Intermediate layers: DistilBERT's cosine, or TinyBERT's MSE through a learned
+    projection when widths differ."""
+
+    name: Literal["hidden"] = "hidden"
+    loss: Literal["cosine", "mse"] = Field("cosine", description="cosine | mse")
+    layer_map: dict[int, int] | None = Field(
+        None,
+        description="{student_layer: teacher_layer}, pairing layer outputs; default for a "
+        "student cut from the teacher: each student layer with the end of the teacher block "
+        "it replaces (the last layer left out)",
+    )
+
+
+TERM_SPECS: dict[str, type[TermSpec]] = {"hidden": HiddenTermSpec}
+
+
+def register_term_spec(name: str, spec: type[TermSpec]) -> None:
+    """Make ``distill.terms: [{name: <name>, ...}]`` valid, with ``spec``'s settings."""
+    TERM_SPECS[name] = spec
+
+
+def term_spec(data) -> TermSpec:
+    if isinstance(data, TermSpec):
+        return data
+    if not isinstance(data, dict) or data.get("name") not in TERM_SPECS:
+        name = data.get("name") if isinstance(data, dict) else data
+        raise ValueError(f"unknown loss term {name!r}; use one of {', '.join(TERM_SPECS)}")
+    return TERM_SPECS[data["name"]].model_validate(data)
+
+
 class DistillSpec(Strict):
     kd_temperature: Scalar = Field(2.0, description="softmax temperature T of the soft term")
     soft_weight: Scalar = Field(0.7, description="weight of T^2 * D(teacher_T || student_T)")
@@ -159,11 +201,31 @@ class DistillSpec(Strict):
     beta: Scalar = Field(0.5, description="generalized JSD mixture weight in [0, 1]")
     skew_alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixture weight")
     scale_by_t2: bool = Field(True, description="multiply the soft term by T^2 (Hinton 2015)")
+    terms: list[SerializeAsAny[TermSpec]] = Field(
+        default_factory=list,
+        description="more named loss terms beside kd and ce, e.g. [{name: hidden, weight: 1}]",
+    )
+
+    @field_validator("terms", mode="before")
+    @classmethod
+    def _term_kinds(cls, value):
+        if not isinstance(value, list):
+            raise ValueError("distill.terms must be a list, e.g. [{name: hidden, weight: 1.0}]")
+        specs = [term_spec(v) for v in value]
+        names = [t.name for t in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each term once, got {names}")
+        for t in specs:
+            w = as_schedule(
+                t.weight.model_dump() if isinstance(t.weight, ScheduleSpec) else t.weight
+            )
+            points = [w.start, *([w.end] if w.end is not None else []), *w.values]
+            if not all(v >= 0 for v in points):
+                raise ValueError(f"term {t.name} weight must stay >= 0, got {points}")
+        return specs
 
     @model_validator(mode="after")
     def _check_knobs(self):
-        from kdistill.schedules import as_schedule
-
         limits = {
             "kd_temperature": (lambda v: v > 0, "must stay > 0"),
             "soft_weight": (lambda v: v >= 0, "must stay >= 0"),

@@ -185,8 +185,12 @@ def combine(
     kd_temperature: float,
     scale_by_t2: bool = True,
     num_items: torch.Tensor | int | None = None,
+    extra: tuple | list = (),
 ) -> torch.Tensor:
     """The one place that divides: weighted terms over ``num_items`` (default: own count).
+
+    ``extra``: ``(weight, sum)`` pairs of further terms (sums over the same valid positions),
+    added to the numerator before the division.
 
     ``num_items`` is the *global* number of valid positions (all micro-batches, all ranks)
     when training with gradient accumulation or data parallelism. A count of 0 gives 0.
@@ -194,12 +198,18 @@ def combine(
     check_weights(soft_weight, hard_weight)
     t2 = kd_temperature**2 if scale_by_t2 else 1.0
     numerator = soft_weight * t2 * sums.soft_sum + hard_weight * sums.hard_sum
-    denom = sums.count if num_items is None else num_items
-    if isinstance(denom, torch.Tensor):
-        denom = denom.to(numerator.device, numerator.dtype).clamp_min(1.0)
+    for weight, term_sum in extra:
+        numerator = numerator + weight * term_sum
+    return divide(numerator, sums.count if num_items is None else num_items)
+
+
+def divide(numerator: torch.Tensor, count: torch.Tensor | int | float) -> torch.Tensor:
+    """``numerator / max(count, 1)``: the division every term's sum goes through."""
+    if isinstance(count, torch.Tensor):
+        count = count.to(numerator.device, numerator.dtype).clamp_min(1.0)
     else:
-        denom = max(float(denom), 1.0)
-    return numerator / denom
+        count = max(float(count), 1.0)
+    return numerator / count
 
 
 def kd_loss(

@@ -117,6 +117,9 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         teacher_logprobs=cfg.teacher.kind == "recorded",
     )
     kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab)
+    from kdistill.training.terms import build_terms
+
+    terms = build_terms(builders.term_settings(cfg), student=student, teacher_model=teacher)
     collator = CausalCollator(tok.pad_token_id)
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
@@ -127,6 +130,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         train_dataset=IndexedDataset(train_ds),
         data_collator=collator,
         teacher=kd_teacher,
+        terms=terms,
         loss_chunk_size=cfg.training.loss_chunk_size,
         schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
         vocab_size=vocab,

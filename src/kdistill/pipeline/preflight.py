@@ -65,6 +65,13 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
         check_model_files(cfg.student.model, "student.model")
     if cfg.training.extra:
         check_training_extra(cfg.training.extra)
+    readers = [t for t in cfg.distill.terms if t.reads_teacher_states]
+    if readers and kind != "model":
+        names = ", ".join(t.name for t in readers)
+        raise InputError(
+            f"distill.terms ({names}) read the teacher's hidden states: they need "
+            f"teacher.kind=model, not {kind}"
+        )
     load_records(cfg.data.source, cfg.data.text_field)
     if kind == "store":
         from kdistill.cache import StoreReader

@@ -43,8 +43,9 @@ CHANGEABLE_ON_RESUME = (
     "distill.hard_weight",
     "distill.beta",
 )
-# sections other verbs read (kdistill cache / generate); a training run does not use them
-_NOT_TRAINING = ("cache.", "generate.")
+# sections other verbs read (kdistill cache / generate), which a training run does not use,
+# and the folder's own path (a run folder moved or copied elsewhere still resumes)
+_NOT_TRAINING = ("cache.", "generate.", "output_dir")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:

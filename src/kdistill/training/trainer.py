@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
+from kdistill.errors import InputError
 from kdistill.losses.chunked import chunked_kd_loss
-from kdistill.losses.objective import combine
+from kdistill.losses.objective import combine, divide
 from kdistill.signals import SparseSignal
 from kdistill.teachers.base import EXAMPLE_INDEX, NoTeacher, Teacher, Want
 from kdistill.teachers.model import ModelTeacher
@@ -28,6 +30,7 @@ from kdistill.training.step import (
     check_teacher_finite,
     kd_step_sums,
 )
+from kdistill.training.terms import TERM_STATE_FILE, TermSlot, load_term_state, term_state
 
 
 class KDMeter:
@@ -38,14 +41,17 @@ class KDMeter:
 
     def reset(self) -> None:
         self.soft = self.hard = 0.0
+        self.terms: dict[str, float] = {}
         self.count = 0
         self.tokens = 0
         self.since = time.perf_counter()
         self.knobs = None
 
-    def update(self, sums, knobs, n_tokens: int) -> None:
+    def update(self, sums, knobs, n_tokens: int, terms: dict | None = None) -> None:
         self.soft += float(sums.soft_sum.detach())
         self.hard += float(sums.hard_sum.detach())
+        for name, value in (terms or {}).items():
+            self.terms[name] = self.terms.get(name, 0.0) + float(value.detach())
         self.count += int(sums.count)
         self.tokens += n_tokens
         self.knobs = knobs
@@ -53,15 +59,18 @@ class KDMeter:
     def snapshot(self, device: torch.device | str = "cpu") -> dict:
         """Averages since the last reset; summed over all ranks when distributed."""
         elapsed = max(time.perf_counter() - self.since, 1e-9)
+        names = sorted(self.terms)
         totals = [self.soft, self.hard, float(self.count), float(self.tokens)]
+        totals += [self.terms[k] for k in names]
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized():
             t = torch.tensor(totals, dtype=torch.float64, device=device)
             dist.all_reduce(t)
             totals = t.tolist()
-        soft, hard, count, tokens = totals
+        soft, hard, count, tokens = totals[:4]
         n = max(count, 1.0)
         out = {"soft_loss": soft / n, "hard_loss": hard / n, "tokens_per_s": tokens / elapsed}
+        out.update({f"{k}_loss": v / n for k, v in zip(names, totals[4:])})
         if self.knobs is not None:
             out.update(
                 kd_temperature=self.knobs.kd_temperature,
@@ -91,6 +100,19 @@ class KDLogCallback(TrainerCallback):
         return control
 
 
+class _ZeroTermGrads(TrainerCallback):
+    """Trainer zeroes only the model's gradients after each optimizer step; the extra terms'
+    parameters are zeroed here, so their gradients do not pile up across steps."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for p in self.trainer._term_parameters():
+            p.grad = None
+        return control
+
+
 class KDTrainer(Trainer):
     """``Trainer`` whose loss is the KD objective against its teacher (any kind, or none).
 
@@ -116,11 +138,13 @@ class KDTrainer(Trainer):
         vocab_size: int | None = None,
         log_path: Path | None = None,
         loss_chunk_size: int | None = None,
+        terms: list[TermSlot] | None = None,
         **kwargs,
     ):
         self.kd_meter = KDMeter()
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(KDLogCallback(self.kd_meter, log_path))
+        callbacks.append(_ZeroTermGrads(self))
         super().__init__(*args, callbacks=callbacks, **kwargs)
         # count valid targets (from `shift_labels`) across micro-batches and ranks
         self.model_accepts_loss_kwargs = True
@@ -131,6 +155,12 @@ class KDTrainer(Trainer):
         if hasattr(teacher, "to"):
             teacher.to(self.args.device)
         self.teacher = teacher
+        self.terms = list(terms or [])
+        for slot in self.terms:
+            slot.module.to(self.args.device)
+        self._teacher_layers = tuple(
+            sorted({i for slot in self.terms for i in slot.module.teacher_states})
+        )
         self.schedules = schedules or KDSchedules.build()
         self.divergence = divergence
         self.skew_alpha = skew_alpha
@@ -155,16 +185,17 @@ class KDTrainer(Trainer):
             and _supports_chunking(self.accelerator.unwrap_model(model))
         )
         ask = None
-        if knobs.soft_weight > 0:
+        if knobs.soft_weight > 0 or self._teacher_layers:
             ask = {**inputs} if index is None else {**inputs, EXAMPLE_INDEX: index}
         if chunked:
             return self._chunked_loss(
                 model, inputs, labels, ask, knobs, step, num_items_in_batch, return_outputs
             )
-        outputs = model(**inputs)
+        outputs = model(**inputs, output_hidden_states=True) if self.terms else model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         teacher_logits = None
-        sig = self.teacher.signal(ask, want=Want("logits")) if ask is not None else None
+        want = Want("logits", layers=self._teacher_layers)
+        sig = self.teacher.signal(ask, want=want) if ask is not None else None
         if sig is not None and sig.sparse is not None:
             # sparse targets (a store, recorded log-probs), made at their own temperature
             s = sig.sparse
@@ -185,6 +216,7 @@ class KDTrainer(Trainer):
             skew_alpha=self.skew_alpha,
             vocab_size=self.kd_vocab_size,
         )
+        terms = self._term_sums(outputs, sig, labels, step)
         loss = combine(
             sums,
             soft_weight=knobs.soft_weight,
@@ -192,8 +224,11 @@ class KDTrainer(Trainer):
             kd_temperature=knobs.kd_temperature,
             scale_by_t2=self.scale_by_t2,
             num_items=num_items_in_batch,
+            extra=[(w, t) for _, w, t in terms],
         )
-        loss = self._finish(model, loss, sums, knobs, inputs, labels, num_items_in_batch, step)
+        loss = self._finish(
+            model, loss, sums, knobs, inputs, labels, num_items_in_batch, step, terms
+        )
         return (loss, outputs) if return_outputs else loss
 
     def _chunked_loss(self, model, inputs, labels, ask, knobs, step, num_items, return_outputs):
@@ -210,8 +245,10 @@ class KDTrainer(Trainer):
         cap = getattr(core.config, "final_logit_softcapping", None)
         scale = getattr(core.config, "logit_scale", None)
         teacher, t_weight, t_bias = None, None, None
-        sig = self.teacher.signal(ask, want=Want("hidden")) if ask is not None else None
-        if sig is not None and sig.sparse is not None:
+        want = Want("hidden", layers=self._teacher_layers)
+        sig = self.teacher.signal(ask, want=want) if ask is not None else None
+        soft_sig = sig if knobs.soft_weight > 0 else None
+        if soft_sig is not None and sig.sparse is not None:
             s = sig.sparse
             k = s.ids.shape[-1]
             teacher = SparseSignal(
@@ -221,12 +258,12 @@ class KDTrainer(Trainer):
                 vocab,
                 s.made_at_temperature,
             )
-        elif sig is not None and sig.hidden is None:
+        elif soft_sig is not None and sig.hidden is None:
             # a teacher that only gives dense logits: the chunked loss takes (N, V) logits
             t_logits = sig.logits
             teacher = t_logits.reshape(-1, t_logits.shape[-1])[:, :vocab]
             check_teacher_finite(teacher, step)
-        elif sig is not None:
+        elif soft_sig is not None:
             t_hidden = sig.hidden
             if not bool(torch.isfinite(t_hidden).all()):
                 check_teacher_finite(torch.tensor([float("nan")]), step)
@@ -254,10 +291,31 @@ class KDTrainer(Trainer):
             teacher_head_weight=t_weight,
             teacher_head_bias=t_bias,
         )
-        loss = self._finish(model, loss, sums, knobs, inputs, labels, num_items, step)
+        terms = self._term_sums(outputs, sig, labels, step)
+        if terms:  # the chunked loss divides its own terms; these go through the same divide
+            extra = sum(w * t for _, w, t in terms)
+            loss = loss + divide(extra, sums.count if num_items is None else num_items)
+        loss = self._finish(model, loss, sums, knobs, inputs, labels, num_items, step, terms)
         return (loss, outputs) if return_outputs else loss
 
-    def _finish(self, model, loss, sums, knobs, inputs, labels, num_items, step):
+    def _term_sums(self, outputs, sig, labels, step) -> list[tuple[str, float, torch.Tensor]]:
+        """``(name, weight now, sum over valid positions)`` of each extra term."""
+        if not self.terms:
+            return []
+        if self._teacher_layers and (sig is None or not sig.layers):
+            raise InputError(
+                "distill.terms: these terms need the teacher's hidden states, which only a "
+                "teacher model gives (teacher.kind=model)"
+            )
+        valid = labels != -100
+        total = max(self.state.max_steps, 1)
+        layers = sig.layers if sig is not None else {}
+        return [
+            (slot.name, slot.weight(step, total), slot.module(outputs.hidden_states, layers, valid))
+            for slot in self.terms
+        ]
+
+    def _finish(self, model, loss, sums, knobs, inputs, labels, num_items, step, terms=()):
         if num_items is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over ranks; num_items is global, so undo that average
             loss = loss * self.accelerator.num_processes
@@ -268,21 +326,51 @@ class KDTrainer(Trainer):
             if self.is_world_process_zero():
                 retract_latest(Path(self.args.output_dir))
             raise
-        self._record(model, sums, knobs, inputs, labels)
+        self._record(model, sums, knobs, inputs, labels, {n: t for n, _, t in terms})
         return loss
 
-    def _record(self, model, sums, knobs, inputs, labels) -> None:
+    def _record(self, model, sums, knobs, inputs, labels, terms=None) -> None:
         if model.training:
             n_tok = (
                 int(inputs["attention_mask"].sum())
                 if "attention_mask" in inputs
                 else labels.numel()
             )
-            self.kd_meter.update(sums, knobs, n_tok)
+            self.kd_meter.update(sums, knobs, n_tok, terms)
+
+    def create_optimizer(self, model=None):
+        """The stock optimizer plus one group for the extra terms' own parameters."""
+        optimizer = super().create_optimizer(model)
+        params = self._term_parameters()
+        known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if params and id(params[0]) not in known:
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        return optimizer
+
+    def _term_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for slot in self.terms for p in slot.module.parameters()]
+
+    def _clip_grad_norm(self, model):
+        """Clip the student's and the terms' gradients together (one global norm)."""
+        params = self._term_parameters()
+        if not params:
+            return super()._clip_grad_norm(model)
+        both = [*model.parameters(), *params]
+        return self.accelerator.clip_grad_norm_(both, self.args.max_grad_norm)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        state = term_state(self.terms)
+        if state and self.is_world_process_zero():
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            save_file(state, str(folder / TERM_STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        """Resume the optimizer and scheduler, then put the run's own learning rate in effect:
-        the restored state carries the old run's rate, which a re-run may have changed."""
+        """Resume the optimizer and scheduler (and the extra terms' parameters), then put the
+        run's own learning rate in effect: the restored state carries the old run's rate,
+        which a re-run may have changed."""
+        if checkpoint is not None and (Path(checkpoint) / TERM_STATE_FILE).is_file():
+            load_term_state(self.terms, load_file(str(Path(checkpoint) / TERM_STATE_FILE)))
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and self.optimizer is not None:
             apply_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
