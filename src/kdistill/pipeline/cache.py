@@ -29,10 +29,17 @@ def _weights_hash(model) -> str:
 
 
 def _teacher_fn(teacher, vocab: int, temperature: float):
+    """(B, L) ids -> (B, L, V) fp32 log-probs at ``temperature``, through the same model
+    teacher the online trainer asks."""
+    from kdistill.teachers.base import Want
+    from kdistill.teachers.model import ModelTeacher
+
+    source = ModelTeacher(teacher)
+
     @torch.no_grad()
     def run(ids: torch.Tensor) -> torch.Tensor:
-        logits = teacher(input_ids=ids).logits[..., :vocab].float()
-        return torch.log_softmax(logits / temperature, dim=-1)
+        logits = source.signal({"input_ids": ids}, want=Want("logits")).logits
+        return torch.log_softmax(logits[..., :vocab].float() / temperature, dim=-1)
 
     return run
 
