@@ -223,6 +223,13 @@ CASES = [
         "teacher.path: Field required",
     ),
     (
+        "cut-from-missing-model",
+        lambda f, o: _distill(
+            f, o, **{"student.from_teacher": f"{{model: {o / 'x'}, keep_layers: [0]}}"}
+        ),
+        "not found",
+    ),
+    (
         "recorded-without-logprobs",
         lambda f, o: _distill(f, o, **{"teacher.kind": "recorded"}),
         "needs a kept.jsonl",

@@ -357,3 +357,22 @@ def test_chunked_and_full_logit_paths_agree(tiny_teacher_dir, tiny_text_file, tm
     for a, b in zip(logs["chunked"], logs["full"]):
         for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+def test_student_cut_from_a_model_named_on_its_own(tiny_teacher_dir, tiny_text_file, tmp_path):
+    """No teacher at all (kind none, teacher.model null): the student is still cut from the
+    model that student.from_teacher names."""
+    out = tmp_path / "cut"
+    extra = {
+        "teacher.kind": "none",
+        "teacher.model": "null",
+        "student.from_teacher": f"{{model: {tiny_teacher_dir}, keep_layers: [0, 3]}}",
+        "training.max_steps": 2,
+    }
+    demo = str(REPO / "src/kdistill/configs/demo.yaml")
+    assert (
+        main(["distill", demo, *tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **extra)])
+        == 0
+    )
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 2 and cfg["kdistill_teacher_layers"] == [0, 3]

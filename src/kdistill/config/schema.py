@@ -40,6 +40,12 @@ Scalar = float | ScheduleSpec
 class StudentFromTeacher(Strict):
     """Build the student from the teacher's own layers (DistilBERT-style)."""
 
+    model: str | None = Field(
+        None,
+        description="the model to cut the student from (default: teacher.model); named on "
+        "its own so a store, recorded or no-teacher run can still cut a student",
+    )
+
     keep_layers: list[int] | None = Field(None, description="teacher layer indices to keep")
     every: int | None = Field(None, ge=1, description="keep every k-th layer (and the last)")
     hidden_size: int | None = Field(None, ge=8, description="narrower width: random init")

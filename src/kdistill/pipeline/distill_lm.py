@@ -30,11 +30,16 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
 
     teacher, tok = None, None
     student_from = builders.student_kwargs(cfg)
-    if need_teacher or student_from is not None:
+    cut_from = None
+    if student_from is not None:
+        cut_from = student_from.pop("model", None) or cfg.teacher.model
+    if need_teacher or cut_from == cfg.teacher.model:
         teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
     if student_from is not None:
-        student = build_student_from_teacher(teacher, seed=cfg.seed, **student_from)
-        s_tok = tok
+        source, s_tok = teacher, tok
+        if cut_from != cfg.teacher.model:
+            source, s_tok = load_causal_lm(cut_from, cfg.teacher.dtype, frozen=True)
+        student = build_student_from_teacher(source, seed=cfg.seed, **student_from)
     elif cfg.student.model:
         student, s_tok = load_causal_lm(cfg.student.model, cfg.student.dtype)
         student.train()

@@ -57,7 +57,10 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     kind = cfg.teacher.kind
     if cfg.student.from_teacher is None and not cfg.student.model:
         raise InputError("student: set student.model or student.from_teacher")
-    if needs_model(kind) or cfg.student.from_teacher is not None or kind == "store":
+    cut_from = cfg.student.from_teacher.model if cfg.student.from_teacher else None
+    if cut_from:
+        check_model_files(cut_from, "student.from_teacher.model")
+    if needs_model(kind) or (cfg.student.from_teacher and not cut_from) or kind == "store":
         if not cfg.teacher.model:
             raise InputError("teacher.model: name the teacher (bundled name, .gguf or folder)")
         check_model_files(cfg.teacher.model, "teacher.model")
