@@ -185,7 +185,7 @@ def test_changed_learning_rate_on_resume_is_in_effect(
 def test_sigterm_saves_a_complete_checkpoint_that_resumes_bit_identically(
     tiny_teacher_dir, tiny_text_file, tmp_path
 ):
-    extra = {"training.max_steps": 10, "training.save_steps": 100, "training.num_threads": 1}
+    extra = {"training.max_steps": 16, "training.save_steps": 100, "training.num_threads": 1}
     ref = tmp_path / "ref"
     run = tmp_path / "run"
     argv = ["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, run, **extra)]
@@ -196,7 +196,7 @@ def test_sigterm_saves_a_complete_checkpoint_that_resumes_bit_identically(
     log = run / "kd_log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)
@@ -206,7 +206,7 @@ def test_sigterm_saves_a_complete_checkpoint_that_resumes_bit_identically(
     done = list(run.glob("checkpoints/*/kdistill-complete"))
     assert len(done) == 1 and not (run / "model").exists()
     step = int(done[0].parent.name.split("-")[1])
-    assert 3 <= step < 10
+    assert 2 <= step < 16
     assert main(argv) == 0  # resumes and finishes
     ref_argv = ["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, ref, **extra)]
     assert main(ref_argv) == 0
