@@ -46,19 +46,32 @@ class OracleTeacher:
         return TeacherSignal(logits=logits)
 
 
-@pytest.fixture()
-def oracle_kind():
+def _registered(name, spec, register_spec, specs, register, kinds, build):
+    """Register a kind/term under ``name`` for one test; yield what its factory made."""
     made = []
 
-    def factory(settings, *, vocab_size, **_):
-        made.append(OracleTeacher(settings["sharpness"], vocab_size))
+    def factory(settings, **context):
+        made.append(build(settings, **context))
         return made[-1]
 
-    register_teacher_spec("oracle", OracleSpec)
-    register_teacher_kind("oracle", factory)
+    register_spec(name, spec)
+    register(name, factory)
     yield made
-    TEACHER_SPECS.pop("oracle")
-    TEACHER_KINDS.pop("oracle")
+    specs.pop(name)
+    kinds.pop(name)
+
+
+@pytest.fixture()
+def oracle_kind():
+    yield from _registered(
+        "oracle",
+        OracleSpec,
+        register_teacher_spec,
+        TEACHER_SPECS,
+        register_teacher_kind,
+        TEACHER_KINDS,
+        lambda settings, *, vocab_size, **_: OracleTeacher(settings["sharpness"], vocab_size),
+    )
 
 
 @pytest.mark.parametrize("chunk", [8, "null"])
@@ -107,17 +120,15 @@ class NormTerm(torch.nn.Module):
 
 @pytest.fixture()
 def norm_term():
-    made = []
-
-    def factory(settings, *, student, teacher_model):
-        made.append(NormTerm(settings["layer"]))
-        return made[-1]
-
-    register_term_spec("norm", NormSpec)
-    register_loss_term("norm", factory)
-    yield made
-    TERM_SPECS.pop("norm")
-    LOSS_TERMS.pop("norm")
+    yield from _registered(
+        "norm",
+        NormSpec,
+        register_term_spec,
+        TERM_SPECS,
+        register_loss_term,
+        LOSS_TERMS,
+        lambda settings, **_: NormTerm(settings["layer"]),
+    )
 
 
 def test_a_loss_term_defined_outside_src_trains_with_a_scheduled_weight(
