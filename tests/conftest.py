@@ -157,3 +157,12 @@ def word_teacher_dir(tmp_path_factory) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A run with training.num_threads sets torch's global thread count; put it back so that
+    no test depends on which tests ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
