@@ -53,16 +53,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Temp file in the destination folder, fsync, rename, fsync the folder."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
+            created = True  # from here on the temp file is ours to remove
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if created:
+            tmp.unlink(missing_ok=True)
         if is_environment_error(exc):
             raise output_error(exc, path) from exc
         raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -81,14 +82,21 @@ def _legacy_kind(path: Path) -> str | None:
     return None
 
 
+def _is_our_temp(name: str, entry: str) -> bool:
+    """kdistill's own temporary names for ``entry``: ``.NAME.<pid>.tmp`` (the atomic writer)
+    and ``.NAME-<8 chars>`` (a model folder being filled, from ``tempfile.mkdtemp``)."""
+    pattern = re.escape(entry).replace(r"\*", r"[^/]*")
+    return bool(re.fullmatch(rf"\.{pattern}\.\d+\.tmp|\.{pattern}-[a-z0-9_]{{8}}", name))
+
+
 def _owned_paths(path: Path, kind: str) -> list[Path]:
-    """Existing entries of ``kind`` in ``path`` plus kdistill's temporary files beside them."""
+    """Existing entries of ``kind`` in ``path`` plus kdistill's temporary files beside them
+    (nothing else: a user's ``.config.yaml.bak`` is not ours)."""
     out: list[Path] = []
-    for pattern in ENTRIES[kind]:
-        out.extend(path.glob(pattern))
-        # temporary files: ".NAME.<pid>.tmp", ".NAME.tmp-<pid>", ".NAME-xxxx" (temp folders)
-        out.extend(path.glob(f".{pattern}.*"))
-        out.extend(path.glob(f".{pattern}-*"))
+    hidden = [p for p in path.iterdir() if p.name.startswith(".")] if path.is_dir() else []
+    for entry in ENTRIES[kind]:
+        out.extend(path.glob(entry))
+        out.extend(p for p in hidden if _is_our_temp(p.name, entry))
     return sorted(set(out))
 
 

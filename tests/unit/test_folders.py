@@ -48,13 +48,14 @@ def test_fresh_removes_only_kdistills_entries(tmp_path):
         (folder / "config.yaml").write_text("a: 1\n")
         (folder / "checkpoints" / "checkpoint-3").mkdir(parents=True)
         (folder / "model").mkdir()
-        (folder / ".model-abc123").mkdir()  # a temp folder of ours
+        (folder / ".model-abc123xy").mkdir()  # a temp folder of ours (mkdtemp: 8 chars)
         (folder / ".config.yaml.77.tmp").write_text("x")
     (folder / "my_plot.png").write_bytes(b"user")
+    (folder / ".config.yaml.bak").write_text("the user's backup")  # looks like ours, is not
     with claim_folder(folder, "run", field="output_dir", fresh=True):
         pass
     left = sorted(p.name for p in folder.iterdir())
-    assert left == sorted([MARKER, LOCK, "my_plot.png"])
+    assert left == sorted([MARKER, LOCK, "my_plot.png", ".config.yaml.bak"])
     assert (folder / "my_plot.png").read_bytes() == b"user"
 
 
