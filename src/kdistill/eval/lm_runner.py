@@ -9,6 +9,8 @@ import torch
 from rich.progress import track
 
 from kdistill.eval import metrics, resources
+from kdistill.teachers.base import Want
+from kdistill.teachers.model import ModelTeacher
 
 
 @torch.no_grad()
@@ -43,6 +45,7 @@ def evaluate_lms(
 
     for m in models.values():
         m.eval()
+    teacher = ModelTeacher(models[teacher_name])
     n_bins = 15
     acc = {
         n: {
@@ -64,13 +67,17 @@ def evaluate_lms(
         valid = labels != -100
         flat_valid = valid.reshape(-1)
         flat_labels = labels.reshape(-1)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         logits_by = {}
         for name, model in models.items():
             t0 = time.perf_counter()
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            if name == teacher_name:  # the same teacher forward as training and caching use
+                logits = teacher.signal(inputs, want=Want()).logits
+            else:
+                logits = model(**inputs).logits
             if bi > 0:  # first batch is warm-up
                 acc[name]["seconds"] += time.perf_counter() - t0
-            logits_by[name] = out.logits[..., :vocab_size].reshape(-1, vocab_size)
+            logits_by[name] = logits[..., :vocab_size].reshape(-1, vocab_size)
         t_logits = logits_by[teacher_name]
         for name, lg in logits_by.items():
             nll, cnt = metrics.nll_sum(lg, flat_labels)

@@ -34,7 +34,13 @@ from dataclasses import dataclass
 import torch
 
 from kdistill.losses.divergences import _mixture_logp, get_divergence
-from kdistill.losses.objective import KDSums, check_temperature, check_weights, kd_sums
+from kdistill.losses.objective import (
+    KDSums,
+    check_temperature,
+    check_weights,
+    denominator,
+    kd_sums,
+)
 from kdistill.signals import DenseSignal, SparseSignal, fp32_or_wider
 
 
@@ -246,11 +252,9 @@ class _ChunkedKD(torch.autograd.Function):
             soft += c_soft
             hard += c_hard
             count += valid.sum()
-        denom = spec.num_items if spec.num_items is not None else count
-        if isinstance(denom, torch.Tensor):
-            denom = denom.to(dev, dt).clamp_min(1.0)
-        else:
-            denom = max(float(denom), 1.0)
+        # divided by the same rule as every other term (objective.denominator); the
+        # gradients already folded into grad_h/w/b are divided by it too
+        denom = denominator(spec.num_items if spec.num_items is not None else count, dev, dt)
         loss = (spec.soft_coef * soft + spec.hard_coef * hard) / denom
         grads = [None if g is None else g.div_(denom) for g in (grad_h, grad_w, grad_b)]
         ctx.save_for_backward(*grads)

@@ -203,13 +203,19 @@ def combine(
     return divide(numerator, sums.count if num_items is None else num_items)
 
 
+def denominator(
+    count: torch.Tensor | int | float, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | float:
+    """``max(count, 1)`` in the numerator's device and dtype: the one rule for what every
+    term's sum is divided by (an empty batch divides by 1 and gives 0, not NaN)."""
+    if isinstance(count, torch.Tensor):
+        return count.to(device, dtype).clamp_min(1.0)
+    return max(float(count), 1.0)
+
+
 def divide(numerator: torch.Tensor, count: torch.Tensor | int | float) -> torch.Tensor:
     """``numerator / max(count, 1)``: the division every term's sum goes through."""
-    if isinstance(count, torch.Tensor):
-        count = count.to(numerator.device, numerator.dtype).clamp_min(1.0)
-    else:
-        count = max(float(count), 1.0)
-    return numerator / count
+    return numerator / denominator(count, numerator.device, numerator.dtype)
 
 
 def kd_loss(
