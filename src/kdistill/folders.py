@@ -41,6 +41,7 @@ ENTRIES: dict[str, list[str]] = {
         "checkpoints",
         "model",
         "kd_log.jsonl",
+        "teacher_signal",
         "train_summary.json",
         "results.json",
         "report.html",

@@ -19,11 +19,17 @@ from kdistill.data.completions import (
     top_to_sparse,
 )
 from kdistill.data.generations import Prompt
-from kdistill.data.lm import IGNORE_INDEX, CausalCollator, IndexedDataset, build_lm_datasets
+from kdistill.data.lm import IGNORE_INDEX, CausalCollator, IndexedDataset
 from kdistill.losses.objective import kd_sums
 from kdistill.teachers.base import Want
 from kdistill.teachers.local_gen import LocalGenerator
 from kdistill.teachers.recorded import RecordedTeacher
+from kdistill.teachers.recorded_store import (
+    RecordedExamples,
+    RecordedStore,
+    build_recorded_store,
+    recorded_datasets,
+)
 from tests.conftest import TINY_TEXT, make_tiny_lm, make_word_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -98,7 +104,7 @@ def test_attach_signal_rows_predict_the_next_token(tiny_tokenizer):
     assert bool((item["teacher_logprobs"][:, 0] == 0).all())
 
 
-def test_full_vocab_logprobs_give_the_online_soft_loss():
+def test_full_vocab_logprobs_give_the_online_soft_loss(tmp_path):
     """With the teacher's whole distribution as its 'top logprobs', the soft term from the
     stored signal equals the soft term against the teacher run online: alignment is exact.
     (A word-level vocabulary, so that every id has its own text and none goes to the tail.)"""
@@ -120,7 +126,11 @@ def test_full_vocab_logprobs_give_the_online_soft_loss():
                 "teacher_top_logprobs": out["top_logprobs"],
             }
         )
-    ds, _ = generation_datasets(tok, records, records[:1], 64, signal=True)
+    # through the recorded store, as a run reads it (block of 2 records: two shards)
+    build_recorded_store(
+        tmp_path / "rec", records, tokenizer=tok, block_size=64, identity={}, shard_records=2
+    )
+    ds = RecordedExamples(RecordedStore(tmp_path / "rec"))
     assert ds.signal_stats.records_with_signal == 3, ds.signal_stats.line()
     assert ds.signal_stats.unmapped_top_entries == 0
     batch = CausalCollator(tok.pad_token_id)([IndexedDataset(ds)[i] for i in range(3)])
@@ -129,7 +139,7 @@ def test_full_vocab_logprobs_give_the_online_soft_loss():
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # what the trainer gets from the recorded teacher for this batch
-    sig = RecordedTeacher(ds.recorded_targets, len(tok)).signal(batch, want=Want()).sparse
+    sig = RecordedTeacher(ds.store, len(tok)).signal(batch, want=Want()).sparse
     for div in ("forward_kl", "reverse_kl", "jsd"):
         stored = kd_sums(s, sig, labels, kd_temperature=2.0, divergence=div)
         online = kd_sums(s, t, labels, kd_temperature=2.0, divergence=div)
@@ -165,20 +175,21 @@ def test_distill_trains_on_api_logprobs_without_a_teacher_model(
 def test_held_out_generations_use_no_signal(tiny_tokenizer):
     tok = tiny_tokenizer
     rows = [_record(tok, "And God", " said") for _ in range(4)]
-    tr, ho = generation_datasets(tok, rows[:3], rows[3:], 32, signal=False)
+    tr, ho = generation_datasets(tok, rows[:3], rows[3:], 32)
     assert "teacher_ids" not in tr[0] and "teacher_ids" not in ho[0]
     batch = CausalCollator(tok.pad_token_id)([tr[0]])
     assert int((batch["shift_labels"] != IGNORE_INDEX).sum()) == len(rows[0]["teacher_tokens"])
 
 
-def test_text_source_refuses_teacher_logprobs(tiny_tokenizer, tiny_text_file):
+def test_text_source_refuses_teacher_logprobs(tiny_tokenizer, tiny_text_file, tmp_path):
     with pytest.raises(ValueError, match="holds no generations"):
-        build_lm_datasets(
+        recorded_datasets(
             tiny_tokenizer,
             str(tiny_text_file),
             block_size=16,
             held_out_fraction=0.3,
-            teacher_logprobs=True,
+            seed=0,
+            store_dir=tmp_path / "rec",
         )
 
 

@@ -35,6 +35,7 @@ _DTYPES = {
     torch.uint8: "U8",
     torch.float16: "F16",
     torch.int16: "I16",
+    torch.int32: "I32",
     torch.float32: "F32",
     torch.int64: "I64",
 }

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 
 from kdistill.data.examples import IGNORE_INDEX, BlockDataset, chat_example
-from kdistill.errors import InputError
 
 
 class PieceMap:
@@ -154,27 +153,8 @@ def generation_example(tokenizer, record: dict, max_length: int) -> tuple[list[i
     )
 
 
-def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_size: int, signal):
-    """(train, held-out) from generation records; ``signal``: also build the teacher's sparse
-    targets per training example (``train.recorded_targets``, for a recorded teacher; their
-    coverage is in ``train.signal_stats``)."""
-    tr = [generation_example(tokenizer, r, block_size) for r in train]
+def generation_datasets(tokenizer, train: list[dict], held: list[dict], block_size: int):
+    """(train, held-out) examples from generation records (hard targets: the teacher's text)."""
+    tr = BlockDataset([generation_example(tokenizer, r, block_size) for r in train])
     ho = BlockDataset([generation_example(tokenizer, r, block_size) for r in held])
-    if not signal:
-        return BlockDataset(tr), ho
-    if not any(r.get("teacher_top_logprobs") for r in train):
-        raise InputError(
-            "teacher.kind=recorded: these generations hold no per-token top logprobs; "
-            "re-run kdistill generate with generate.top_logprobs > 0"
-        )
-    pieces, stats = PieceMap(tokenizer), SignalStats()
-    items = [
-        attach_signal(ids, labels, r, pieces, stats)
-        for (ids, labels), r in zip(tr, train, strict=True)
-    ]
-    ds = BlockDataset(tr)
-    ds.recorded_targets = [
-        (it["teacher_ids"], it["teacher_logprobs"], it["teacher_log_tail"]) for it in items
-    ]
-    ds.signal_stats = stats
-    return ds, ho
+    return tr, ho

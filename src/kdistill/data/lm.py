@@ -10,6 +10,7 @@ token up to the final assistant reply is masked out of the loss (label -100).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,22 +32,34 @@ def read_utf8(path: Path) -> str:
         raise InputError(f"{path} is a folder; give a .txt/.jsonl/.parquet file") from None
 
 
-def _jsonl_rows(path: Path) -> list[dict]:
-    """Every non-empty line of a JSONL file as a dict (read with json: nested top-logprob
-    pairs of generation records are not Arrow-typed)."""
+def _iter_jsonl_rows(path: Path) -> Iterator[dict]:
+    """Every non-empty line of a JSONL file as a dict, one line in memory at a time (read
+    with json: nested top-logprob pairs of generation records are not Arrow-typed)."""
     import json
 
-    rows = []
-    for n, line in enumerate(read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path.name} line {n}: each line must be a JSON object")
-        rows.append(row)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise InputError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{path.name} line {n}: each line must be a JSON object")
+                yield row
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); convert the file "
+            "to UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; give a .txt/.jsonl/.parquet file") from None
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    rows = list(_iter_jsonl_rows(path))
     if not rows:
         raise InputError(f"{path}: no records (the file is empty); add data")
     return rows
@@ -72,14 +85,21 @@ def _check_messages(name: str, n: int, msgs) -> list[dict]:
     return msgs
 
 
+def _is_generation(row: dict) -> bool:
+    return bool({"completion", "teacher_tokens"} & row.keys())
+
+
+def _check_generation(name: str, n: int, row: dict) -> dict:
+    if "messages" in row:
+        _check_messages(name, n, row["messages"])
+    elif not {"prompt", "completion"} <= row.keys():
+        raise InputError(f"{name} record {n}: needs messages, or prompt and completion")
+    return row
+
+
 def _records_from_rows(name: str, rows: list[dict], text_field: str) -> list:
-    if any({"completion", "teacher_tokens"} & r.keys() for r in rows[:1]):
-        for n, row in enumerate(rows, 1):  # kdistill generate's kept.jsonl
-            if "messages" in row:
-                _check_messages(name, n, row["messages"])
-            elif not {"prompt", "completion"} <= row.keys():
-                raise InputError(f"{name} record {n}: needs messages, or prompt and completion")
-        return rows
+    if _is_generation(rows[0]):  # kdistill generate's kept.jsonl
+        return [_check_generation(name, n, row) for n, row in enumerate(rows, 1)]
     if "messages" in rows[0]:
         return [_check_messages(name, n, r.get("messages")) for n, r in enumerate(rows, 1)]
     if text_field not in rows[0]:
@@ -157,14 +177,46 @@ def load_records(source: str, text_field: str = "text") -> list[str | list[dict]
     return _records_from_rows(path.name, rows, text_field)
 
 
-def split_held_out(records: list, fraction: float, seed: int = 0) -> tuple[list, list]:
-    """Deterministic split by a hash of (seed, index): the same records every run."""
+def iter_generation_records(source: str) -> Iterator[dict]:
+    """The generation records of ``source`` (``kdistill generate``'s kept.jsonl, or a
+    .json/.parquet of them), each checked; a .jsonl is read one line at a time."""
+    path = Path(source).expanduser()
+    not_generations = InputError(
+        "teacher.kind=recorded needs a kept.jsonl from kdistill generate "
+        f"(with generate.top_logprobs > 0); {source!r} holds no generations"
+    )
+    if source == "kjv" or path.suffix == ".txt":
+        raise not_generations
+    if not path.exists():
+        raise MissingFileError(
+            f"data source {source!r} not found: give the kept.jsonl of kdistill generate"
+        )
+    rows = _iter_jsonl_rows(path) if path.suffix == ".jsonl" else iter(table_rows(path))
+    n = 0
+    for n, row in enumerate(rows, 1):
+        if n == 1 and not _is_generation(row):
+            raise not_generations
+        yield _check_generation(path.name, n, row)
+    if n == 0:
+        raise InputError(f"{path}: no records (the file is empty); add data")
+
+
+def is_held_out(index: int, fraction: float, seed: int = 0) -> bool:
+    """Whether record ``index`` is held out: a hash of (seed, index), the same every run."""
+    return int(hashlib.sha1(f"{seed}:{index}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def check_fraction(fraction: float) -> None:
     if not 0 < fraction < 1:
         raise InputError(f"data.held_out_fraction must be in (0, 1), got {fraction}")
+
+
+def split_held_out(records: list, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Deterministic split by a hash of (seed, index): the same records every run."""
+    check_fraction(fraction)
     train, held = [], []
     for i, rec in enumerate(records):
-        h = int(hashlib.sha1(f"{seed}:{i}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (held if h < fraction else train).append(rec)
+        (held if is_held_out(i, fraction, seed) else train).append(rec)
     if not train or not held:
         raise InputError(
             f"held-out split of {len(records)} records at fraction {fraction} left one side "
@@ -256,19 +308,13 @@ def build_lm_datasets(
     max_train_tokens: int | None = None,
     max_eval_tokens: int | None = None,
     seed: int = 0,
-    teacher_logprobs: bool = False,
 ):
-    """(train, held-out) datasets. With ``teacher_logprobs`` (generation records only) the
-    training items also carry the teacher's sparse targets (see ``data.completions``)."""
+    """(train, held-out) datasets. (A recorded teacher's examples are read from its store:
+    :func:`kdistill.teachers.recorded_store.recorded_datasets`.)"""
     records = load_records(source, text_field)
     train, held = split_held_out(records, held_out_fraction, seed)
     if isinstance(records[0], dict):
-        return generation_datasets(tokenizer, train, held, block_size, teacher_logprobs)
-    if teacher_logprobs:
-        raise InputError(
-            "teacher.kind=recorded needs a kept.jsonl from kdistill generate "
-            f"(with generate.top_logprobs > 0); {source!r} holds no generations"
-        )
+        return generation_datasets(tokenizer, train, held, block_size)
     if isinstance(records[0], list):
         tr = [chat_example(tokenizer, m, block_size) for m in train]
         ho = [chat_example(tokenizer, m, block_size) for m in held]

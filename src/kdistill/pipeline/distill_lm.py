@@ -115,12 +115,14 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     from kdistill.teachers.kinds import needs_model
 
     teacher, student, tok, vocab = load_models(cfg, need_teacher=needs_model(cfg.teacher.kind))
-    train_ds, _ = build_lm_datasets(
-        tok,
-        cfg.data.source,
-        **builders.data_kwargs(cfg),
-        teacher_logprobs=cfg.teacher.kind == "recorded",
-    )
+    if cfg.teacher.kind == "recorded":  # examples + log-probs from the run's recorded store
+        from kdistill.teachers.recorded_store import STORE_DIR, recorded_datasets
+
+        train_ds, _ = recorded_datasets(
+            tok, cfg.data.source, **builders.data_kwargs(cfg), store_dir=run_dir / STORE_DIR
+        )
+    else:
+        train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
     kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab)
     from kdistill.training.terms import build_terms
 

@@ -47,6 +47,20 @@ def check_store_teacher(manifest_teacher: dict, teacher_spec: str, *, allow: boo
         )
 
 
+def check_recorded_source(source: str) -> None:
+    """Every generation record is well formed and some carry the teacher's top log-probs."""
+    from kdistill.data.lm import iter_generation_records
+
+    with_top = False
+    for record in iter_generation_records(source):
+        with_top = with_top or bool(record.get("teacher_top_logprobs"))
+    if not with_top:
+        raise InputError(
+            "teacher.kind=recorded: these generations hold no per-token top logprobs; "
+            "re-run kdistill generate with generate.top_logprobs > 0"
+        )
+
+
 def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     """Everything about a causal-LM run that can be checked without loading a model."""
     from kdistill.data.lm import load_records
@@ -75,7 +89,10 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
             f"distill.terms ({names}) read the teacher's hidden states: they need "
             f"teacher.kind=model, not {kind}"
         )
-    load_records(cfg.data.source, cfg.data.text_field)
+    if kind == "recorded":  # read one line at a time: a recorded set may not fit in memory
+        check_recorded_source(cfg.data.source)
+    else:
+        load_records(cfg.data.source, cfg.data.text_field)
     if kind == "store":
         from kdistill.cache import StoreReader
 

@@ -92,6 +92,19 @@ def pad_sparse(
     return SparseSignal(ids, lp, tail, vocab_size, temperature)
 
 
+def to_device(sig: SparseSignal, device) -> SparseSignal:
+    """``sig`` on ``device`` (itself when it is there already)."""
+    if sig.ids.device == device:
+        return sig
+    return SparseSignal(
+        sig.ids.to(device),
+        sig.logprobs.to(device),
+        sig.log_tail.to(device),
+        sig.vocab_size,
+        sig.made_at_temperature,
+    )
+
+
 @dataclass(frozen=True)
 class TeacherKind:
     """How to build one kind of teacher from the config's ``teacher`` section.

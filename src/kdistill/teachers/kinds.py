@@ -27,13 +27,13 @@ def _store(settings: dict, *, tokenizer, dataset, block_size: int, **_) -> Store
 
 
 def _recorded(settings: dict, *, dataset, vocab_size: int, **_) -> RecordedTeacher:
-    targets = getattr(dataset, "recorded_targets", None)
-    if targets is None:
+    store = getattr(dataset, "store", None)
+    if store is None:
         raise InputError(
             "teacher.kind=recorded needs generations with top logprobs as data.source "
             "(a kept.jsonl from kdistill generate with generate.top_logprobs > 0)"
         )
-    return RecordedTeacher(targets, vocab_size)
+    return RecordedTeacher(store, vocab_size)
 
 
 register_teacher_kind(

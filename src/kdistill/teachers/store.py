@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kdistill.cache import StoreReader
 from kdistill.errors import InputError
-from kdistill.teachers.base import EXAMPLE_INDEX, TeacherSignal, Want, pad_sparse
+from kdistill.teachers.base import EXAMPLE_INDEX, TeacherSignal, Want, pad_sparse, to_device
 
 
 class StoreTeacher:
@@ -29,16 +29,4 @@ class StoreTeacher:
         length = batch["input_ids"].shape[1]
         sparse = pad_sparse(rows, length, vocab, self.temperature)
         device = batch["input_ids"].device
-        return TeacherSignal(sparse=_to(sparse, device))
-
-
-def _to(sig, device):
-    if sig.ids.device == device:
-        return sig
-    return type(sig)(
-        sig.ids.to(device),
-        sig.logprobs.to(device),
-        sig.log_tail.to(device),
-        sig.vocab_size,
-        sig.made_at_temperature,
-    )
+        return TeacherSignal(sparse=to_device(sparse, device))
