@@ -105,25 +105,24 @@ def attach_signal(
         else:
             stats.tokenisation_mismatch += 1
     k = max([len(r[0]) for r in rows.values()] + [1])
-    ids = torch.full((n, k), -1, dtype=torch.long)
-    lps = torch.full((n, k), float("-inf"))
-    tail = torch.full((n,), float("-inf"))
+    inf = float("-inf")
+    ids, lps, tail = [], [], [inf] * n  # filled as lists, made tensors once (fast)
     for p in range(n):
-        target = labels[p + 1] if p + 1 < n else IGNORE_INDEX
         if p in rows and rows[p][0]:
             r_ids, r_lps, r_tail = rows[p]
-            ids[p, : len(r_ids)] = torch.tensor(r_ids)
-            lps[p, : len(r_lps)] = torch.tensor(r_lps)
+            ids.append(r_ids + [-1] * (k - len(r_ids)))
+            lps.append(r_lps + [inf] * (k - len(r_lps)))
             tail[p] = r_tail
         else:  # the label itself (or token 0 where masked): a one-hot target
-            ids[p, 0] = target if target != IGNORE_INDEX else 0
-            lps[p, 0] = 0.0
+            target = labels[p + 1] if p + 1 < n else IGNORE_INDEX
+            ids.append([target if target != IGNORE_INDEX else 0] + [-1] * (k - 1))
+            lps.append([0.0] + [inf] * (k - 1))
     return {
         "input_ids": torch.tensor(input_ids),
         "labels": torch.tensor(labels),
-        "teacher_ids": ids,
-        "teacher_logprobs": lps,
-        "teacher_log_tail": tail,
+        "teacher_ids": torch.tensor(ids, dtype=torch.long).reshape(n, k),
+        "teacher_logprobs": torch.tensor(lps, dtype=torch.float32).reshape(n, k),
+        "teacher_log_tail": torch.tensor(tail, dtype=torch.float32),
     }
 
 

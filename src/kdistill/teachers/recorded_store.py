@@ -27,6 +27,7 @@ import json
 import math
 import os
 import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -78,6 +79,12 @@ def _utf8(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return blob, torch.tensor([len(b) for b in raw], dtype=torch.int32)
 
 
+def _tensor(values: array, dtype: torch.dtype) -> torch.Tensor:
+    if not len(values):
+        return torch.zeros(0, dtype=dtype)
+    return torch.frombuffer(bytearray(values.tobytes()), dtype=dtype)
+
+
 def _finite(lp) -> float:
     return float(lp) if isinstance(lp, (int, float)) and math.isfinite(lp) else float("-inf")
 
@@ -92,11 +99,12 @@ class _ShardBuilder:
         self.sig_ids: list[torch.Tensor] = []
         self.sig_lp: list[torch.Tensor] = []
         self.sig_tail: list[torch.Tensor] = []
+        # flat typed arrays (4-8 bytes an entry, not a Python object each)
         self.t_tokens: list[str] = []
-        self.t_offsets: list[int] = []
-        self.t_n_top: list[int] = []
-        self.t_top_piece: list[int] = []
-        self.t_top_lp: list[float] = []
+        self.t_offsets = array("q")
+        self.t_n_top = array("i")
+        self.t_top_piece = array("i")
+        self.t_top_lp = array("f")
         self.pieces: dict[str, int] = {}
         self.stats = SignalStats()
 
@@ -142,25 +150,14 @@ class _ShardBuilder:
             "sig_tail": torch.cat(self.sig_tail).to(torch.float32),
             "t_token_bytes": t_bytes,
             "t_token_nbytes": t_nbytes,
-            "t_char_offsets": torch.tensor(self.t_offsets, dtype=torch.int64),
-            "t_n_top": torch.tensor(self.t_n_top, dtype=torch.int32),
-            "t_top_piece": torch.tensor(self.t_top_piece, dtype=torch.int32),
-            "t_top_logprob": torch.tensor(self.t_top_lp, dtype=torch.float32),
+            "t_char_offsets": _tensor(self.t_offsets, torch.int64),
+            "t_n_top": _tensor(self.t_n_top, torch.int32),
+            "t_top_piece": _tensor(self.t_top_piece, torch.int32),
+            "t_top_logprob": _tensor(self.t_top_lp, torch.float32),
             "piece_bytes": p_bytes,
             "piece_nbytes": p_nbytes,
         }
         return serialize_safetensors(tensors, {"shard": str(shard), "format": FORMAT})
-
-
-def _shard_chunks(records: Iterable[dict], size: int):
-    chunk = []
-    for r in records:
-        chunk.append(r)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _load_manifest(path: Path) -> dict | None:
@@ -203,41 +200,54 @@ def build_recorded_store(
         manifest = {"identity": identity, "shard_records": shard_records, "shards": {}}
     manifest["complete"] = False
     atomic_write_bytes(mpath, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    piece_map = None
-    n_records, n_shards = 0, 0
-    for shard, chunk in enumerate(_shard_chunks(records, shard_records)):
-        n_records += len(chunk)
-        n_shards = shard + 1
+    state = {"piece_map": None}
+
+    def valid(shard: int) -> bool:
         entry = manifest["shards"].get(str(shard))
         path = dest / shard_file(shard)
-        if (
-            entry
-            and entry["n_records"] == len(chunk)
-            and path.is_file()
-            and sha256_file(path) == entry["sha256"]
-        ):
-            if progress:
-                progress(len(chunk))
-            continue
-        if piece_map is None:
-            piece_map = PieceMap(tokenizer)
-        builder = _ShardBuilder()
-        for r in chunk:
-            builder.add(r, tokenizer, piece_map, block_size)
-        data = builder.serialize(shard)
-        atomic_write_bytes(path, data)
-        stats = asdict(builder.stats)
-        stats.pop("notes", None)
-        manifest["shards"][str(shard)] = {
-            "file": path.name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "n_records": len(chunk),
-            "bytes": len(data),
-            "stats": stats,
-        }
-        atomic_write_bytes(mpath, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        return bool(entry) and path.is_file() and sha256_file(path) == entry["sha256"]
+
+    def finish(shard: int, builder: _ShardBuilder | None, count: int) -> None:
+        if builder is None:  # kept from an earlier run: its records were only counted
+            if count != manifest["shards"][str(shard)]["n_records"]:
+                raise StoreError(
+                    f"{dest / shard_file(shard)} holds a different number of records than the "
+                    "source gives now; use another output_dir or pass --fresh"
+                )
+        else:
+            data = builder.serialize(shard)
+            path = dest / shard_file(shard)
+            atomic_write_bytes(path, data)
+            stats = asdict(builder.stats)
+            stats.pop("notes", None)
+            manifest["shards"][str(shard)] = {
+                "file": path.name,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "n_records": count,
+                "bytes": len(data),
+                "stats": stats,
+            }
+            atomic_write_bytes(mpath, json.dumps(manifest, indent=2, sort_keys=True).encode())
         if progress:
-            progress(len(chunk))
+            progress(count)
+
+    # one record in memory at a time: each is encoded into the open shard as it streams by
+    n_records, shard, count, builder = 0, -1, 0, None
+    for record in records:
+        if n_records % shard_records == 0:
+            if shard >= 0:
+                finish(shard, builder, count)
+            shard, count = shard + 1, 0
+            builder = None if valid(shard) else _ShardBuilder()
+            if builder is not None and state["piece_map"] is None:
+                state["piece_map"] = PieceMap(tokenizer)
+        if builder is not None:
+            builder.add(record, tokenizer, state["piece_map"], block_size)
+        n_records += 1
+        count += 1
+    if shard >= 0:
+        finish(shard, builder, count)
+    n_shards = shard + 1
     if n_records == 0:
         raise StoreError("no training records to record; add generations to data.source")
     for stale in [k for k in manifest["shards"] if int(k) >= n_shards]:
