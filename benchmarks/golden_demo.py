@@ -19,15 +19,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "demo_loss_log.json"
 KEYS = ("loss", "soft_loss", "hard_loss", "grad_norm")
 
 
 def weights_hash(folder: Path) -> str:
+    """sha256 over the student's tensors (name, then raw bytes, in name order)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "model" / "model.safetensors"))
     h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        h.update(f.read_bytes())
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -267,11 +267,19 @@ run_distill_lm(load_config(sys.argv[1], sys.argv[2:]))
 
 
 def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_file, tmp_path):
-    """torchrun, 2 CPU processes (gloo), global batch 4 == 1 process with batch 4."""
+    """torchrun, 2 CPU processes (gloo), global batch 4 == 1 process with batch 4; with a
+    narrower student and the hidden term's MSE projections, which live outside DDP's wrapper
+    (their gradients are averaged across ranks by the trainer)."""
     demo = str(REPO / "src/kdistill/configs/demo.yaml")
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    common = {"training.max_steps": 3, "data.block_size": 64, "training.save_steps": 100}
+    common = {
+        "training.max_steps": 3,
+        "data.block_size": 64,
+        "training.save_steps": 3,
+        "student.from_teacher": "{keep_layers: [0, 3], hidden_size: 16}",
+        "distill.terms": "[{name: hidden, loss: mse, weight: 100}]",
+    }
     one = tmp_path / "one"
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -335,6 +343,11 @@ def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_fil
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
     w1, w2 = _weights(one), _weights(two)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    p1, p2 = (
+        load_file(str(d / "checkpoints/checkpoint-3/loss_terms.safetensors")) for d in (one, two)
+    )
+    assert p1 and sorted(p1) == sorted(p2)
+    assert max((p1[k] - p2[k]).abs().max().item() for k in p1) < 1e-5
 
 
 def test_chunked_and_full_logit_paths_agree(tiny_teacher_dir, tiny_text_file, tmp_path):

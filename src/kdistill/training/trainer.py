@@ -110,6 +110,7 @@ class _ZeroTermGrads(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         for p in self.trainer._term_parameters():
             p.grad = None
+        self.trainer._term_grads_synced = False
         return control
 
 
@@ -156,6 +157,7 @@ class KDTrainer(Trainer):
             teacher.to(self.args.device)
         self.teacher = teacher
         self.terms = list(terms or [])
+        self._term_grads_synced = False
         for slot in self.terms:
             slot.module.to(self.args.device)
         self._teacher_layers = tuple(
@@ -350,13 +352,38 @@ class KDTrainer(Trainer):
     def _term_parameters(self) -> list[torch.nn.Parameter]:
         return [p for slot in self.terms for p in slot.module.parameters()]
 
+    def _sync_term_grads(self) -> None:
+        """Average the terms' gradients over ranks, once per optimizer step: DDP averages the
+        student's, but the terms' parameters live outside its wrapper (without this each
+        rank's projections would learn from its own shard only and drift apart)."""
+        if self._term_grads_synced:
+            return
+        self._term_grads_synced = True
+        dist = torch.distributed
+        params = self._term_parameters()
+        if not params or not (dist.is_available() and dist.is_initialized()):
+            return
+        world = dist.get_world_size()
+        if world == 1:
+            return
+        for p in params:  # the same order on every rank
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
     def _clip_grad_norm(self, model):
         """Clip the student's and the terms' gradients together (one global norm)."""
+        self._sync_term_grads()
         params = self._term_parameters()
         if not params:
             return super()._clip_grad_norm(model)
         both = [*model.parameters(), *params]
         return self.accelerator.clip_grad_norm_(both, self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        self._sync_term_grads()  # (when clipping is off, this is the first hook of the step)
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
