@@ -37,8 +37,7 @@ def _records(tok) -> list[dict]:
         tokens = [tok.decode([i]) for i in ids]
         # runner-ups include a piece the tokenizer lacks and an invalid log-prob
         tops = [
-            [[t, math.log(0.5 + 0.01 * j)], ["<unk>", math.log(0.1)], ["~~~", None]]
-            for t in tokens
+            [[t, math.log(0.5 + 0.01 * j)], ["<unk>", math.log(0.1)], ["~~~", None]] for t in tokens
         ]
         rec = {"prompt": prompt, "completion": completion, "finish_reason": "length"}
         if j != 2:  # one record without log-probs: hard targets only
