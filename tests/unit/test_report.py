@@ -318,3 +318,19 @@ def test_per_class_uses_class_names_when_they_fit():
     assert _per_class(r) == {"Shirt": 0.5, "Bag": 0.25}
     r["class_names"] = ["Shirt"]  # wrong length: indices, not a mislabelled chart
     assert _per_class(r) == {"0": 0.5, "1": 0.25}
+
+
+def test_training_curves_get_a_panel_per_loss_term():
+    from kdistill.report.plots import curve_panels, training_curves
+
+    logs = {
+        "student": [
+            {"step": 1, "loss": 2.0, "soft_loss": 1.0, "hard_loss": 3.0, "hidden_loss": 0.5}
+        ],
+        "baseline": [{"step": 1, "loss": 3.0, "soft_loss": 0.0, "hard_loss": 3.0}],
+    }
+    panels = curve_panels(logs)
+    assert list(panels) == ["loss", "soft_loss", "hard_loss", "hidden_loss"]
+    assert panels["hidden_loss"] == "hidden term"
+    assert list(curve_panels({"b": logs["baseline"]})) == ["loss", "soft_loss", "hard_loss"]
+    assert training_curves(logs).startswith(b"\x89PNG")

@@ -106,10 +106,27 @@ def size_quality_scatter(
     return _png(fig)
 
 
+def curve_panels(logs: dict[str, list[dict]]) -> dict[str, str]:
+    """``{log key: panel title}``: total, soft (kd) and hard (ce), then one panel per extra
+    loss term a run logged (``<name>_loss``, e.g. ``hidden_loss``)."""
+    titles = {"loss": "total loss", "soft_loss": "soft loss (kd)", "hard_loss": "hard loss (ce)"}
+    extra = sorted(
+        {
+            k
+            for rows in logs.values()
+            for r in rows
+            for k in r
+            if k.endswith("_loss") and k not in titles and k != "train_loss"
+        }
+    )
+    titles.update({k: f"{k[: -len('_loss')]} term" for k in extra})
+    return titles
+
+
 def training_curves(logs: dict[str, list[dict]]) -> bytes:
-    fig = _figure(12, 3.3)
-    axes = fig.subplots(1, 3)
-    titles = {"loss": "total loss", "soft_loss": "soft loss", "hard_loss": "hard loss (CE)"}
+    titles = curve_panels(logs)
+    fig = _figure(4 * len(titles), 3.3)
+    axes = fig.subplots(1, len(titles))
     for ax, (key, title) in zip(axes, titles.items()):
         for i, (name, rows) in enumerate(logs.items()):
             xs, ys = _series(rows, key)
