@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -262,7 +263,9 @@ DDP_SCRIPT = """
 import sys
 from kdistill.config.loader import load_config
 from kdistill.pipeline.distill_lm import run_distill_lm
+from kdistill.training.distributed import end_distributed
 run_distill_lm(load_config(sys.argv[1], sys.argv[2:]))
+end_distributed()
 """
 
 
@@ -329,9 +332,14 @@ def test_two_process_cpu_run_matches_one_process(tiny_teacher_dir, tiny_chat_fil
 
     proc = run_two_ranks()
     if proc.returncode != 0 and "received by PID" in proc.stderr:
-        # once in CI a rank died by SIGABRT inside gloo with no Python error; a rank killed
-        # by a signal gets one more try (a real bug fails both), and the first stderr is kept
+        # once in CI (before the ranks left through end_distributed) a rank died by SIGABRT
+        # inside gloo with no Python error; not reproduced since (0 in 12 runs here). A rank
+        # killed by a signal gets one more try (a real bug fails both) and the first failure
+        # is shown as a warning in the test summary, never hidden
         first = proc.stderr
+        warnings.warn(
+            f"2-process run: a rank died by a signal; retrying\n{first[-2000:]}", stacklevel=1
+        )
         proc = run_two_ranks()
         assert proc.returncode == 0, first[:3000] + "\n...\n" + proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-2000:]

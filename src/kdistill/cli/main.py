@@ -337,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 0:  # every rank of a torchrun/accelerate launch leaves together
+        from kdistill.training.distributed import end_distributed
+
+        end_distributed()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
