@@ -91,6 +91,7 @@ def test_fashion_mnist_teacher_then_student_through_cli(tmp_path, capsys):
     assert main([*argv, "--out", str(out)]) == 0
     ev = json.loads(out.read_text())
     derived = ev.pop("derived")
+    assert ev.pop("setup")["pairs"] == [["student", "baseline"]]
     assert list(ev) == ["teacher", "student", "baseline"]
     gap = ev["student"]["accuracy"] - ev["baseline"]["accuracy"]
     assert derived["student_minus_baseline_accuracy"] == pytest.approx(gap)

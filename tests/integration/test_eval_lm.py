@@ -115,7 +115,10 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
     ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
-    assert set(res) == {"teacher", "copy", "derived"}
+    assert set(res) == {"teacher", "copy", "derived", "setup"}
+    assert res["setup"]["roles"] == {"teacher": "teacher", "copy": "variant"}
+    assert res["copy"]["text_agreement"] == 1.0  # the same model continues the same way
+    assert res["copy"]["bits_per_byte"] == pytest.approx(res["teacher"]["bits_per_byte"])
     assert res["copy"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert res["derived"]["copy_ppl_retention"] == pytest.approx(1.0, rel=1e-6)
     assert res["derived"]["copy_size_fraction"] == 1.0

@@ -201,6 +201,28 @@ def eval_(
     out: Annotated[Path, typer.Option(help="results JSON to write")] = Path(
         "runs/eval/results.json"
     ),
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baseline",
+            help="STUDENT=BASELINE: the same-size model trained without the teacher that "
+            "STUDENT is compared with; repeatable (default: student=baseline)",
+        ),
+    ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="NAME=ROLE (student, baseline, assistant, variant); repeatable",
+        ),
+    ] = None,
+    speed_budget: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="seconds for the interleaved speed rounds (at least 3 rounds each)",
+        ),
+    ] = 30.0,
 ):
     """Evaluate the teacher and models on the held-out split (same split as training), all
     in one run: perplexity or accuracy, KL to the teacher, top-1 agreement, ECE, size,
@@ -213,7 +235,29 @@ def eval_(
         if not sep or not name or not spec:
             raise typer.BadParameter(f"--model {item!r}: use NAME=SPEC, e.g. student=runs/x/model")
         specs[name] = spec
-    run_eval(teacher, specs, data, block_size, held_out_fraction, max_eval_tokens, out, seed=seed)
+    run_eval(
+        teacher,
+        specs,
+        data,
+        block_size,
+        held_out_fraction,
+        max_eval_tokens,
+        out,
+        seed=seed,
+        baselines=_pairs(baseline or [], "--baseline", "STUDENT=BASELINE"),
+        roles=_pairs(role or [], "--role", "NAME=ROLE"),
+        speed_budget_s=speed_budget,
+    )
+
+
+def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise typer.BadParameter(f"{option} {item!r}: use {form}")
+        out[key] = value
+    return out
 
 
 @app.command()

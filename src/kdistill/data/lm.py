@@ -322,3 +322,40 @@ def build_lm_datasets(
     tr = pack_texts(tokenizer, train, block_size, max_train_tokens)
     ho = pack_texts(tokenizer, held, block_size, max_eval_tokens)
     return BlockDataset(tr), BlockDataset(ho)
+
+
+def record_text(record) -> str:
+    """The plain text of one record: a document, a chat's turns joined by newlines, or a
+    generation's prompt + completion."""
+    if isinstance(record, str):
+        return record
+    if isinstance(record, list):
+        return "\n".join(m["content"] for m in record)
+    if "messages" in record:
+        return "\n".join(m["content"] for m in record["messages"])
+    return f"{record.get('prompt', '')}{record.get('completion', '')}"
+
+
+def held_out_texts(
+    source: str,
+    *,
+    held_out_fraction: float,
+    seed: int = 0,
+    text_field: str = "text",
+    max_chars: int | None = None,
+) -> list[str]:
+    """The held-out records (the same split as training) as text, in order, until
+    ``max_chars`` characters (the last one cut at a character boundary): the spans every
+    model scores for bits per byte, whatever its tokenizer."""
+    _, held = split_held_out(load_records(source, text_field), held_out_fraction, seed)
+    out, total = [], 0
+    for rec in held:
+        text = record_text(rec)
+        if max_chars is not None:
+            text = text[: max_chars - total]
+        if text.strip():
+            out.append(text)
+            total += len(text)
+        if max_chars is not None and total >= max_chars:
+            break
+    return out

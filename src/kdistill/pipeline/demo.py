@@ -64,6 +64,7 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     from kdistill.eval.lm_runner import evaluate_lms
     from kdistill.models.loading import load_causal_lm, resolve_model_path
     from kdistill.pipeline.distill_lm import run_distill_lm
+    from kdistill.pipeline.evaluate import text_inputs
 
     timings = {}
     t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     student, _ = load_causal_lm(str(s_dir / "model"), frozen=True)
     baseline, _ = load_causal_lm(str(b_dir / "model"), frozen=True)
     _, held = build_lm_datasets(tok, s_cfg.data.source, **builders.data_kwargs(s_cfg))
+    data = s_cfg.data
     torch.manual_seed(0)
     results = evaluate_lms(
         {"teacher": teacher, "student": student, "baseline": baseline},
@@ -92,6 +94,9 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
             "student": s_dir / "model",
             "baseline": b_dir / "model",
         },
+        tokenizers={"teacher": tok, "student": tok, "baseline": tok},
+        **text_inputs(data.source, data.held_out_fraction, data.max_eval_tokens, s_cfg.seed),
+        window=data.block_size,
     )
     timings["eval_seconds"] = time.perf_counter() - t2
     timings["total_seconds"] = time.perf_counter() - t0
@@ -101,8 +106,11 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
         results[name]["run_dir"] = str(d)
     results["teacher"]["model"] = s_cfg.teacher.model
     from kdistill.eval.derived import derive
+    from kdistill.eval.roles import SETUP_KEY, build_setup
 
-    payload = {**results, "derived": derive(results, lm=True), "timings": timings}
+    setup = build_setup(list(results), "teacher")
+    payload = {**results, "derived": derive(results, lm=True, setup=setup), "timings": timings}
+    payload[SETUP_KEY] = setup.to_json()
     atomic_write_json(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from kdistill.errors import InputError
 from kdistill.eval.derived import derive
+from kdistill.eval.roles import SETUP_KEY, SetupError, build_setup
 from kdistill.files import atomic_write_json, check_output_folder
 from kdistill.log import say
 
@@ -23,20 +24,28 @@ def run_eval(
     out: Path,
     *,
     seed: int = 0,
+    baselines: dict[str, str] | None = None,
+    roles: dict[str, str] | None = None,
+    speed_budget_s: float = 30.0,
 ) -> dict:
     """Evaluate the teacher and ``specs`` side by side and write ``out``.
 
     Causal LMs (bundled names, .gguf, HF folders) on held-out text; trained classifier
     folders (``classifier.json``) on the Fashion-MNIST test split (``--data fashion-mnist``).
+    ``baselines``: student -> the baseline it is compared with; ``roles``: name -> role.
     """
     if "teacher" in specs:
         raise InputError("--model teacher=... is reserved; name the teacher with --teacher")
+    try:
+        setup = build_setup(["teacher", *specs], "teacher", baselines=baselines, roles=roles)
+    except SetupError as exc:
+        raise InputError(str(exc)) from None
     from kdistill.models.classifiers import is_classifier_folder
 
     kinds = {is_classifier_folder(s) for s in [teacher_spec, *specs.values()]}
     if kinds == {True}:
         return _run_eval_classifiers(
-            teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed
+            teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed, setup
         )
     if len(kinds) > 1:
         raise InputError(
@@ -50,7 +59,15 @@ def run_eval(
         )
     _check_lm_inputs(teacher_spec, specs, data or "kjv", out)
     return _run_eval_lms(
-        teacher_spec, specs, data or "kjv", block_size, held_out_fraction, max_eval_tokens, out
+        teacher_spec,
+        specs,
+        data or "kjv",
+        block_size,
+        held_out_fraction,
+        max_eval_tokens,
+        out,
+        setup,
+        speed_budget_s,
     )
 
 
@@ -74,7 +91,13 @@ def _check_lm_inputs(teacher_spec: str, specs: dict[str, str], data: str, out: P
 
 
 def _run_eval_classifiers(
-    teacher_spec: str, specs: dict[str, str], data: str, max_examples: int, out: Path, seed: int
+    teacher_spec: str,
+    specs: dict[str, str],
+    data: str,
+    max_examples: int,
+    out: Path,
+    seed: int,
+    setup=None,
 ) -> dict:
     from kdistill.data.fashion_mnist import CLASSES, ImageDataset, load_split
     from kdistill.eval.classifier_runner import evaluate_classifiers
@@ -96,7 +119,10 @@ def _run_eval_classifiers(
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
-    atomic_write_json(out, {**results, "derived": derive(results, lm=False)})
+    payload = {**results, "derived": derive(results, lm=False, setup=setup)}
+    if setup is not None:
+        payload[SETUP_KEY] = setup.to_json()
+    atomic_write_json(out, payload)
     say(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
     say(f"results: {out}")
     return results
@@ -110,24 +136,24 @@ def _run_eval_lms(
     held_out_fraction: float,
     max_eval_tokens: int,
     out: Path,
+    setup=None,
+    speed_budget_s: float = 30.0,
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
     from kdistill.models.loading import load_causal_lm, resolve_model_path
-    from kdistill.models.vocab import shared_vocab_size
+    from kdistill.models.vocab import tokenizer_fingerprint
 
     teacher, tok = load_causal_lm(teacher_spec, frozen=True)
     models, dirs = {"teacher": teacher}, {"teacher": resolve_model_path(teacher_spec)[0]}
+    toks = {"teacher": tok}
+    vocab = len(tok)
     for name, spec in specs.items():
-        m, m_tok = load_causal_lm(spec, frozen=True)
-        shared_vocab_size(
-            tok,
-            m_tok,
-            teacher.get_output_embeddings().weight.shape[0],
-            m.get_output_embeddings().weight.shape[0],
-        )
-        models[name] = m
+        models[name], toks[name] = load_causal_lm(spec, frozen=True)
         dirs[name] = resolve_model_path(spec)[0]
+        if tokenizer_fingerprint(toks[name]) == tokenizer_fingerprint(tok):
+            rows = models[name].get_output_embeddings().weight.shape[0]
+            vocab = min(vocab, rows)
     _, held = build_lm_datasets(
         tok,
         data,
@@ -141,37 +167,67 @@ def _run_eval_lms(
         "teacher",
         held,
         CausalCollator(tok.pad_token_id),
-        vocab_size=len(tok),
+        vocab_size=vocab,
         model_dirs=dirs,
+        **text_inputs(data, held_out_fraction, max_eval_tokens),
+        tokenizers=toks,
+        window=block_size,
+        speed_budget_s=speed_budget_s,
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
-        if name != "teacher":
+        if name != "teacher" and r.get("perplexity") is not None:
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
-    atomic_write_json(out, {**results, "derived": derive(results, lm=True)})
-    table = results_table(results, f"held-out {data} ({results['teacher']['eval_tokens']} tokens)")
-    say(table)
+    ordered = {n: results[n] for n in setup.roles} if setup else results
+    payload = {**ordered, "derived": derive(results, lm=True, setup=setup)}
+    if setup is not None:
+        payload[SETUP_KEY] = setup.to_json()
+    atomic_write_json(out, payload)
+    tokens = results["teacher"].get("eval_tokens")
+    say(results_table(ordered, f"held-out {data} ({tokens} tokens)"))
     say(f"results: {out}")
     return results
 
 
+def text_inputs(data: str, held_out_fraction: float, max_eval_tokens: int, seed: int = 0) -> dict:
+    """Held-out text for bits per byte (about 4 characters per evaluation token, at most
+    8,000 characters) and four prompts (the documents' first 160 characters, or half of a
+    shorter one) for agreement on text."""
+    from kdistill.data.lm import held_out_texts
+
+    docs = held_out_texts(
+        data,
+        held_out_fraction=held_out_fraction,
+        seed=seed,
+        max_chars=min(8000, 4 * (max_eval_tokens or 2000)),
+    )
+    prompts = [d[: min(160, len(d) // 2)] for d in docs if len(d) >= 32][:4]
+    return {"documents": docs, "prompts": prompts}
+
+
 def results_table(results: dict, title: str) -> Table:
-    """A rich table of LM results (fits 80 columns): params, perplexity, KL to the teacher,
-    top-1 agreement, ECE, forward tokens/s, peak memory."""
-    table = _table(title, ("params M", "perplexity", "KL", "agree", "ECE", "tok/s", "peak MB"))
+    """A rich table of LM results (fits 80 columns): params, perplexity, bits per byte, KL to
+    the teacher, top-1 agreement, agreement on text, forward tokens/s, peak memory ("-"
+    where a figure does not apply, e.g. perplexity across tokenizers)."""
+    columns = ("params M", "ppl", "bits/B", "KL", "agree", "text", "tok/s", "peak MB")
+    table = _table(title, columns)
     for name, r in results.items():
-        speed = r.get("forward_tokens_per_s")
         table.add_row(
             name,
-            f"{r['params'] / 1e6:.1f}",
-            f"{r['perplexity']:.2f}",
-            f"{r['kl_to_teacher']:.3f}",
-            f"{r['top1_agreement']:.1%}",
-            f"{r['ece']:.3f}" if r.get("ece") is not None else "-",
-            f"{speed:.0f}" if speed else "-",
+            _f(r.get("params"), ".1f", 1e-6),
+            _f(r.get("perplexity"), ".2f"),
+            _f(r.get("bits_per_byte"), ".3f"),
+            _f(r.get("kl_to_teacher"), ".3f"),
+            _f(r.get("top1_agreement"), ".1%"),
+            _f(r.get("text_agreement"), ".0%"),
+            _f(r.get("forward_tokens_per_s"), ".0f"),
             _mb(r.get("peak_memory_bytes")),
         )
     return table
+
+
+def _f(v, spec: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, spec)
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:

@@ -13,12 +13,20 @@ import math
 from pathlib import Path
 
 from kdistill.errors import InputError
+from kdistill.eval.roles import META_KEYS, SETUP_KEY, EvalSetup, lm_quality_key, setup_of
 from kdistill.files import atomic_write_bytes, atomic_write_text
 from kdistill.report import plots
 
 ORDER = ("teacher", "student", "baseline")
-META_KEYS = ("derived", "timings")
-MODEL_KEYS = ("perplexity", "accuracy", "params", "nll", "kl_to_teacher", "top1_agreement")
+MODEL_KEYS = (
+    "perplexity",
+    "bits_per_byte",
+    "accuracy",
+    "params",
+    "nll",
+    "kl_to_teacher",
+    "top1_agreement",
+)
 
 
 def _num(v) -> float | None:
@@ -35,6 +43,7 @@ def load_results(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Path], d
     models: dict[str, dict] = {}
     sources: dict[str, Path] = {}
     meta_by_file: dict[Path, dict] = {}
+    setups: list[dict] = []
     for p in map(Path, paths):
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
@@ -46,6 +55,8 @@ def load_results(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Path], d
                 "give a results.json written by kdistill eval or demo"
             )
         meta_by_file[p] = {k: data[k] for k in META_KEYS if isinstance(data.get(k), dict)}
+        if isinstance(data.get(SETUP_KEY), dict):
+            setups.append(data[SETUP_KEY])
         for name, v in data.items():
             if name in META_KEYS or not isinstance(v, dict):
                 continue
@@ -55,10 +66,27 @@ def load_results(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Path], d
             models[key], sources[key] = v, p
     if not models:
         raise InputError(f"no model results (perplexity / accuracy / params) in {list(paths)}")
-    ordered = {k: models[k] for k in ORDER if k in models}
+    setup = _merged_setup(models, setups)
+    order = list(setup.roles) if setup else list(ORDER)
+    ordered = {k: models[k] for k in order if k in models}
     ordered.update({k: v for k, v in models.items() if k not in ordered})
     meta = meta_by_file.get(sources.get("student"), {}) if "student" in sources else {}
+    if not meta and len(meta_by_file) == 1:
+        meta = next(iter(meta_by_file.values()))
+    meta = {**meta, SETUP_KEY: setup}
     return ordered, sources, meta
+
+
+def _merged_setup(models: dict, setups: list[dict]) -> EvalSetup | None:
+    """The roles of one results file (models merged in from elsewhere are variants), else
+    roles inferred from the names (teacher / student / baseline / the rest)."""
+    if len(setups) == 1:
+        stored = setup_of({SETUP_KEY: setups[0]})
+        roles = {n: stored.roles.get(n, "variant") for n in models}
+        pairs = [p for p in stored.pairs if p[0] in models and p[1] in models]
+        if stored.teacher in models:
+            return EvalSetup(stored.teacher, roles, pairs)
+    return setup_of(models)
 
 
 def _read_log(run_dir: Path) -> list[dict]:
@@ -146,10 +174,15 @@ def _millions_spec(n) -> str:
     return ".1f" if n >= 1e7 else ".2f" if n >= 1e6 else ".3f"
 
 
-def table(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
-    head = ["model", "params (M)", "size (MB)", "perplexity" if lm else "accuracy"]
-    head += ["KL to teacher", "top-1 agreement", "ECE", "tokens/s" if lm else "examples/s"]
+def table(
+    models: dict, lm: bool, setup: EvalSetup | None = None
+) -> tuple[list[str], list[list[str]]]:
+    head = ["model", "role", "params (M)", "size (MB)"]
+    head += ["perplexity", "bits/byte"] if lm else ["accuracy"]
+    head += ["KL to teacher", "top-1 agreement"] + (["text agreement"] if lm else [])
+    head += ["ECE", "tokens/s" if lm else "examples/s"]
     head += ["latency p50 / p95 (ms)", "peak memory (MB)"]
+    roles = (setup or setup_of(models) or EvalSetup("teacher", {})).roles
     rows = []
     for name, r in models.items():
         ms = ".0f" if (_num(r.get("latency_p50_s")) or 1.0) >= 0.01 else ".2f"
@@ -158,16 +191,22 @@ def table(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
             _fmt(r.get("latency_p95_s"), ms, 1e3),
         )
         quality = (
-            _fmt(r.get("perplexity"), ".2f") if lm else _fmt(r.get("accuracy"), ".1f", 100, "%")
+            [_fmt(r.get("perplexity"), ".2f"), _fmt(r.get("bits_per_byte"), ".3f")]
+            if lm
+            else [_fmt(r.get("accuracy"), ".1f", 100, "%")]
         )
+        agreement = [_fmt(r.get("top1_agreement"), ".1f", 100, "%")]
+        if lm:
+            agreement.append(_fmt(r.get("text_agreement"), ".0f", 100, "%"))
         rows.append(
             [
                 name,
+                roles.get(name, "-"),
                 _fmt(r.get("params"), _millions_spec(r.get("params")), 1e-6),
                 _fmt(r.get("size_bytes"), ".1f", 1e-6),
-                quality,
+                *quality,
                 _fmt(r.get("kl_to_teacher"), ".3f"),
-                _fmt(r.get("top1_agreement"), ".1f", 100, "%"),
+                *agreement,
                 _fmt(ece_of(r), ".3f"),
                 _fmt(_speed(r), ".0f"),
                 "-" if p50 == p95 == "-" else f"{p50} / {p95}",
@@ -177,18 +216,23 @@ def table(models: dict, lm: bool) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def retention_of(models: dict, lm: bool, derived: dict | None = None) -> dict[str, float]:
-    """Quality retained vs the teacher: teacher_ppl / ppl (LM) or acc / teacher_acc.
-    Values in ``derived`` (written by the demo) win where present."""
+def retention_of(
+    models: dict, lm: bool, derived: dict | None = None, setup: EvalSetup | None = None
+) -> dict[str, float]:
+    """Quality retained vs the teacher: teacher_ppl / ppl (LM, same tokenizer), teacher_bpb /
+    bpb (LM, another tokenizer) or acc / teacher_acc. Values in ``derived`` win."""
     derived = derived or {}
-    t = models.get("teacher", {})
-    key = "perplexity" if lm else "accuracy"
+    setup = setup or setup_of(models)
+    teacher = setup.teacher if setup else "teacher"
+    t = models.get(teacher, {})
     out = {}
     for name, r in models.items():
-        if name == "teacher":
+        if name == teacher:
             continue
-        tq, q = _num(t.get(key)), _num(r.get(key))
-        stored = _num(derived.get(f"{name}_ppl_retention" if lm else f"{name}_acc_retention"))
+        key = lm_quality_key(r, t) if lm else "accuracy"
+        tag = {"perplexity": "ppl", "bits_per_byte": "bpb", "accuracy": "acc"}.get(key or "")
+        stored = _num(derived.get(f"{name}_{tag}_retention")) if tag else None
+        tq, q = (_num(t.get(key)), _num(r.get(key))) if key else (None, None)
         if stored is not None:
             out[name] = stored
         elif tq and q:
@@ -201,26 +245,42 @@ def _ratio(a, b) -> float | None:
     return a / b if a and b else None
 
 
-def verdict(models: dict, lm: bool, derived: dict | None = None) -> str:
-    """One paragraph in words; says plainly when the teacher did not help."""
+def verdict(
+    models: dict, lm: bool, derived: dict | None = None, setup: EvalSetup | None = None
+) -> str:
+    """One paragraph in words per student, each against the baseline it names; says
+    plainly when the teacher did not help."""
     derived = derived or {}
-    t, s, b = models.get("teacher"), models.get("student"), models.get("baseline")
-    if t is None:
+    setup = setup or setup_of(models)
+    if setup is None or setup.teacher not in models:
         return "These results hold no teacher, so quality retention cannot be measured."
-    if s is None:
+    students = setup.of_role("student")
+    if not students:
         return "These results hold no student, so there is no distillation to judge."
-    key = "perplexity" if lm else "accuracy"
-    ret = retention_of(models, lm, derived).get("student")
-    text = "The student " + (
-        f"keeps {100 * ret:.1f}% of the teacher's quality ({key})"
-        if ret is not None
-        else f"has no {key} to compare with the teacher's"
+    baselines = dict(setup.pairs)
+    return " ".join(
+        _student_verdict(n, baselines.get(n), models, lm, derived, setup) for n in students
     )
-    size = _num(derived.get("student_size_fraction")) or _ratio(s.get("params"), t.get("params"))
+
+
+def _student_verdict(
+    name: str, b_name: str | None, models: dict, lm: bool, derived: dict, setup: EvalSetup
+) -> str:
+    t, s = models[setup.teacher], models[name]
+    b = models.get(b_name) if b_name else None
+    key = (lm_quality_key(s, t) if lm else "accuracy") or ("perplexity" if lm else "accuracy")
+    ret = retention_of(models, lm, derived, setup).get(name)
+    who = "The student" if name == "student" else f"Student {name!r}"
+    text = f"{who} " + (
+        f"keeps {100 * ret:.1f}% of the teacher's quality ({_quality_name(key)})"
+        if ret is not None
+        else f"has no {_quality_name(key)} to compare with the teacher's"
+    )
+    size = _num(derived.get(f"{name}_size_fraction")) or _ratio(s.get("params"), t.get("params"))
     size = size or _ratio(s.get("size_bytes"), t.get("size_bytes"))
     if size is not None:
         text += f" at {100 * size:.0f}% of its size"
-    speed = _ratio(_speed(s), _speed(t)) or _num(derived.get("student_speedup")) or None
+    speed = _ratio(_speed(s), _speed(t)) or _num(derived.get(f"{name}_speedup")) or None
     if speed is not None:
         text += (" and" if size is not None else ",") + (
             f" runs {speed:.2f} times faster"
@@ -232,39 +292,42 @@ def verdict(models: dict, lm: bool, derived: dict | None = None) -> str:
     mem = _ratio(_num(s.get("peak_memory_bytes")), _num(t.get("peak_memory_bytes")))
     if mem is not None:
         text += f", with {100 * mem:.0f}% of its peak memory"
-    sv, bv = _num(s.get(key)), _num((b or {}).get(key))
+    pair_key = (lm_quality_key(s, b) if lm else "accuracy") if b is not None else None
+    sv = _num(s.get(pair_key)) if pair_key else None
+    bv = _num(b.get(pair_key)) if pair_key and b is not None else None
     if b is None or sv is None or bv is None:
         return text + "; no same-size baseline was measured, so the teacher's effect is unknown."
-    show = (lambda v: f"{v:.2f}") if lm else (lambda v: f"{100 * v:.1f}%")
-    pair = f"({key} {show(sv)} vs {show(bv)})"
+    show = (
+        (lambda v: f"{v:.2f}" if pair_key == "perplexity" else f"{v:.3f}")
+        if lm
+        else (lambda v: f"{100 * v:.1f}%")
+    )
+    base = "the same-size baseline" if b_name == "baseline" else f"baseline {b_name!r}"
+    pair = f"({_quality_name(pair_key)} {show(sv)} vs {show(bv)})"
     gain = (bv - sv) / bv * 100 if lm else (sv - bv) * 100
     amount = f"{abs(gain):.1f}%" if lm else f"{abs(gain):.1f} percentage points"
     if round(abs(gain), 1) == 0:
-        return (
-            text
-            + "; the teacher did NOT help: no measurable difference from the same-size "
-            + f"baseline {pair}."
-        )
+        return text + f"; the teacher did NOT help: no measurable difference from {base} {pair}."
     if gain > 0:
-        return (
-            text
-            + f"; the teacher improved the student by {amount} over the same-size baseline {pair}."
-        )
+        return text + f"; the teacher improved the student by {amount} over {base} {pair}."
     return text + (
-        f"; the teacher did NOT help: the same-size baseline trained without it is better by "
-        f"{amount} {pair}."
+        f"; the teacher did NOT help: {base}, trained without it, is better by {amount} {pair}."
     )
+
+
+def _quality_name(key: str | None) -> str:
+    return {"bits_per_byte": "bits per byte"}.get(key or "", key or "quality")
 
 
 def _spread(values: list[float]) -> float:
     return max(values) / min(values)
 
 
-def _figures(models, lm, derived, logs) -> list[tuple[str, str, bytes]]:
+def _figures(models, lm, derived, logs, setup=None) -> list[tuple[str, str, bytes]]:
     """[(file stem, title, png)] for every plot there is data for."""
     key = "perplexity" if lm else "accuracy"
     figs = []
-    if ret := retention_of(models, lm, derived):
+    if ret := retention_of(models, lm, derived, setup):
         definition = "teacher perplexity / model perplexity" if lm else "accuracy / teacher's"
         figs.append(("retention", "Quality retained", plots.retention_bars(ret, definition)))
     pts = {}
@@ -333,16 +396,20 @@ def render_report(
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {str(out_dir)!r} is a file; give a folder for the report")
     models, sources, meta = load_results(list(results_paths))
-    lm = any(_num(r.get("perplexity")) is not None for r in models.values())
+    lm = any(
+        _num(r.get("perplexity")) is not None or _num(r.get("bits_per_byte")) is not None
+        for r in models.values()
+    )
     derived = meta.get("derived", {})
     logs = collect_logs(models, sources, logs_dirs)
-    figs = _figures(models, lm, derived, logs)
+    setup = meta.get(SETUP_KEY)
+    figs = _figures(models, lm, derived, logs, setup)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for stem, _, png in figs:
         atomic_write_bytes(out_dir / "plots" / f"{stem}.png", png)
 
-    head, rows = table(models, lm)
-    text = verdict(models, lm, derived)
+    head, rows = table(models, lm, setup)
+    text = verdict(models, lm, derived, setup)
     notes = _notes(meta.get("timings", {}), len({str(p) for p in sources.values()}))
     table_html = f"<table><tr>{_cells('th', head)}</tr>"
     table_html += "".join(f"<tr>{_cells('td', r)}</tr>" for r in rows) + "</table>"
