@@ -64,7 +64,7 @@ def score_span(model, tokenizer, text: str, window: int) -> tuple[float, int, in
     seq = torch.tensor([_start_id(tokenizer), *ids])
     nats = 0.0
     for start, end, first in window_plan(len(ids), window):
-        logits = model(input_ids=seq[start:end][None]).logits[0].float()
+        logits = model(input_ids=seq[start:end][None]).logits[0].double()  # exact sums
         rows = torch.log_softmax(logits[first - 1 - start : end - 1 - start], dim=-1)
         nats -= float(rows.gather(1, seq[first:end, None]).sum())
     return nats / LN2, sum(token_byte_counts(text, offsets)), len(ids)
@@ -255,8 +255,8 @@ def evaluate_lms(
 
 def _probes(models, toks, batches, documents, same) -> dict[str, torch.Tensor]:
     """One ``(1, L)`` input per model for the speed figures: the first held-out block for
-    models with the teacher's tokenizer, else the model's own tokens of the first document
-    (the same text), cut to ``LATENCY_TOKENS``."""
+    models with the teacher's tokenizer, else the model's own tokens of the same held-out
+    text (as many as the block has, at least 33), cut to ``LATENCY_TOKENS``."""
     block = batches[0]["input_ids"][:1, :LATENCY_TOKENS]
     out = {}
     for name in models:
@@ -264,6 +264,7 @@ def _probes(models, toks, batches, documents, same) -> dict[str, torch.Tensor]:
         if name in same or tok is None or not documents:
             out[name] = block
             continue
-        ids = tok(documents[0], add_special_tokens=False)["input_ids"][: block.shape[1]]
-        out[name] = torch.tensor([ids]) if len(ids) >= 33 else block
+        ids = tok("\n".join(documents), add_special_tokens=False)["input_ids"] or [0]
+        ids = (ids * (1 + 33 // len(ids)))[: max(block.shape[1], 33)]  # >= 33 for generation
+        out[name] = torch.tensor([ids])
     return out
