@@ -12,7 +12,9 @@ checkpointing; objective = forward KL(teacher || student) at T = 1 and nothing e
 generalized JSD with beta = 0, lmbda = 0 so no on-policy generation, seq_kd off; ours:
 soft_weight 1, hard_weight 0). Both trainers get the same pre-tokenised dataset and collator
 output, so no tokenisation or chat formatting is timed. Step times come from a callback
-(on_step_begin -> on_step_end); the first ``--warmup`` steps are dropped.
+(on_step_begin -> on_step_end); the first ``--warmup`` steps are dropped. Contestants run
+interleaved (``--repeats`` rounds of A B C): the figure is the median over rounds of each
+round's median step, with the spread across rounds.
 
   .venv/bin/pip install --no-deps trl==1.16.0     # benchmark-only dependency
   .venv/bin/python benchmarks/bench_kd_step.py [--steps 8] [--batch 4]
@@ -166,6 +168,9 @@ def main() -> None:
         help="loss_chunk_size values for kdistill contestants ('none' = full logits)",
     )
     ap.add_argument("--no-trl", action="store_true", help="leave TRL out")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats (A B C, A B C, ...)"
+    )
     ap.add_argument("--json", type=Path, default=HERE / "results" / "kd_step_cpu.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -200,24 +205,42 @@ def main() -> None:
         runs.append((name, lambda chunk=chunk: run_ours(*common, chunk)))
     if not args.no_trl:
         runs.append(("trl_gkd", lambda: run_trl(*common)))
+    # interleaved repeats: A B C, A B C, ... so a neighbour's load lands on every contestant
     n_student = None
-    for name, fn in runs:
-        try:
-            times, extra, loss = fn()
-        except Exception as exc:
-            result["contestants"][name] = {"error": f"{type(exc).__name__}: {exc}"}
-            print(f"{name}: {type(exc).__name__}: {exc}")
+    raw: dict[str, list] = {name: [] for name, _ in runs}
+    for rep in range(args.repeats):
+        for name, fn in runs:
+            if "error" in result["contestants"].get(name, {}):
+                continue
+            try:
+                times, extra, loss = fn()
+            except Exception as exc:
+                result["contestants"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            if name.startswith("kdistill"):
+                n_student = extra
+            timed = times[args.warmup :]
+            raw[name].append({"step_seconds": timed, "loss": loss, "extra": extra})
+            print(f"repeat {rep + 1} {name}: median step {statistics.median(timed):.2f} s")
+    for name, reps in raw.items():
+        if not reps:
             continue
-        if name.startswith("kdistill"):
-            n_student = extra
-        timed = times[args.warmup :]
-        step_s = statistics.median(timed)
-        entry = {"step_seconds": timed, "median_step_s": step_s, "mean_train_loss": loss}
-        entry["tokens_per_s"] = tokens_per_step / step_s
+        medians = [statistics.median(r["step_seconds"]) for r in reps]
+        rates = [tokens_per_step / m for m in medians]
+        entry = {
+            "repeats": [r["step_seconds"] for r in reps],
+            "repeat_median_step_s": medians,
+            "median_step_s": statistics.median(medians),
+            "tokens_per_s": statistics.median(rates),
+            "tokens_per_s_spread": (max(rates) - min(rates)) / statistics.median(rates),
+            "mean_train_loss": reps[0]["loss"],
+        }
         if name == "trl_gkd":
-            entry["trl_version"] = extra
+            entry["trl_version"] = reps[0]["extra"]
         result["contestants"][name] = entry
-        print(f"{name}: {entry['tokens_per_s']:.1f} tokens/s (median step {step_s:.2f} s)")
+        rate, spread = entry["tokens_per_s"], entry["tokens_per_s_spread"]
+        print(f"{name}: {rate:.1f} tokens/s (spread {spread:.1%})")
     result["n_student"] = n_student
     flop_per_token = 6 * (n_student or 0) + 2 * n_teacher
     result["flop_per_token"] = flop_per_token
@@ -230,6 +253,15 @@ def main() -> None:
         for name, entry in c.items():
             if name.startswith("kdistill") and "tokens_per_s" in entry:
                 entry["speed_vs_trl"] = entry["tokens_per_s"] / c["trl_gkd"]["tokens_per_s"]
+                # the same ratio within each interleaved round: its range is the spread
+                entry["speed_vs_trl_per_repeat"] = [
+                    t / o
+                    for o, t in zip(
+                        entry["repeat_median_step_s"],
+                        c["trl_gkd"]["repeat_median_step_s"],
+                        strict=False,
+                    )
+                ]
     result["seconds"] = time.perf_counter() - t_start
     out = args.json
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ Writes benchmarks/results/offline_vs_online.json:
   * the default store's real bytes/token and cache build time;
   * training tokens/s from the store vs online (same student init, same steps, same data);
   * held-out KL(teacher || student) and perplexity of both students.
-Ratios are the result; absolute seconds depend on the machine.
+Ratios are the result; absolute seconds depend on the machine. The speed ratio comes from
+short runs interleaved online / store over ``--speed-repeats`` rounds (median and range of
+the per-round ratios), not from two runs one after the other.
 
   .venv/bin/python benchmarks/bench_offline.py [--steps 40] [--out DIR]
 """
@@ -16,6 +18,7 @@ import argparse
 import json
 import platform
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +41,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_offline"))
+    ap.add_argument("--speed-repeats", type=int, default=3, help="interleaved speed rounds")
+    ap.add_argument("--speed-steps", type=int, default=8, help="steps per speed run")
     args = ap.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -51,14 +56,9 @@ def main() -> None:
         f"cache.dir={args.out / 'store'}",
     ]
     cfg_online = load_config(demo_config_path(), [f"output_dir={args.out / 'online'}", *common])
+    store_kind = ["teacher.kind=store", f"teacher.path={args.out / 'store'}"]
     cfg_store = load_config(
-        demo_config_path(),
-        [
-            f"output_dir={args.out / 'store_run'}",
-            "teacher.kind=store",
-            f"teacher.path={args.out / 'store'}",
-            *common,
-        ],
+        demo_config_path(), [f"output_dir={args.out / 'store_run'}", *store_kind, *common]
     )
     result: dict = {
         "machine": platform.platform(),
@@ -111,9 +111,34 @@ def main() -> None:
         runs[name]["run_dir"] = str(runs[name]["run_dir"])
     result["runs"] = runs
     result["teacher_perplexity"] = ev["teacher"]["perplexity"]
+    # speed: short runs interleaved (online, store, online, store, ...), so a neighbour's
+    # load lands on both; the ratio is taken within each round
+    speed: dict[str, list[float]] = {"online": [], "store": []}
+    steps = args.speed_steps
+    for rep in range(args.speed_repeats):
+        for name, kind in (("online", []), ("store", store_kind)):
+            cfg_r = load_config(
+                demo_config_path(),
+                [
+                    *common,
+                    *kind,
+                    f"output_dir={args.out / f'{name}_speed{rep}'}",
+                    f"training.max_steps={steps}",
+                    f"training.save_steps={steps}",
+                ],
+            )
+            run_dir = run_distill_lm(cfg_r)
+            secs = json.loads((run_dir / "train_summary.json").read_text())["train_seconds"]
+            speed[name].append(steps * args.batch * 256 / secs)
+    per_round = [s / o for o, s in zip(speed["online"], speed["store"], strict=True)]
+    result["speed_rounds"] = {
+        "tokens_per_s": speed,
+        "store_vs_online_per_round": per_round,
+        "steps_per_run": steps,
+    }
     result["ratios"] = {
-        "store_vs_online_tokens_per_s": runs["store"]["tokens_per_s"]
-        / runs["online"]["tokens_per_s"],
+        "store_vs_online_tokens_per_s": statistics.median(per_round),
+        "store_vs_online_tokens_per_s_range": [min(per_round), max(per_round)],
         "store_vs_online_kl": runs["store"]["kl_to_teacher"] / runs["online"]["kl_to_teacher"],
         "store_vs_online_perplexity": runs["store"]["perplexity"] / runs["online"]["perplexity"],
     }

@@ -139,7 +139,7 @@ def _quality(models, teacher_name, batches, vocab_size, names) -> dict[str, dict
     return out
 
 
-def _speed(models, probes, budget_s: float) -> dict[str, dict]:
+def speed_figures(models, probes, budget_s: float) -> dict[str, dict]:
     """Interleaved forward latency (one sequence) and greedy generation, per model."""
     half = budget_s / 2
     fwd = speed.interleaved(
@@ -241,7 +241,7 @@ def evaluate_lms(
             results[name]["text_agreement"] = sum(shares) / len(shares)
             results[name]["text_agreement_chars"] = agreement_chars
     probes = _probes(models, toks, batches, documents, same)
-    for name, r in _speed(models, probes, speed_budget_s).items():
+    for name, r in speed_figures(models, probes, speed_budget_s).items():
         results[name].update(r)
     for name, model in models.items():
         probe = probes[name]
