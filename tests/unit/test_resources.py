@@ -18,12 +18,6 @@ def test_percentile_nearest_rank_hand_values():
         resources.percentile([], 0.5)
 
 
-def test_latency_is_p50_le_p95_and_excludes_warmup():
-    calls = []
-    p50, p95 = resources.latency(lambda: calls.append(1), repeats=7)
-    assert len(calls) == 8 and 0.0 <= p50 <= p95
-
-
 def test_weight_bytes_counts_tied_weights_once():
     emb = torch.nn.Embedding(100, 16)
     head = torch.nn.Linear(16, 100, bias=False)

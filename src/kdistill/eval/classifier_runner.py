@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from kdistill.eval import metrics, resources
+from kdistill.eval import metrics, resources, speed
 
 EVAL_BATCH = 512
 
@@ -36,6 +37,7 @@ def evaluate_classifiers(
     *,
     model_dirs: dict[str, Path | None] | None = None,
     class_names: list[str] | None = None,
+    budget_s: float = 5.0,
 ) -> dict[str, dict]:
     """Per model: accuracy, per-class accuracy, ECE (+ bins), params, size, latency p50/p95
     for one image, peak memory, examples/s; against ``models[teacher_name]``: top-1
@@ -43,13 +45,22 @@ def evaluate_classifiers(
     from kdistill.models.loading import count_params
 
     x, y = held.images, held.labels
-    logits, seconds = {}, {}
-    for name, m in models.items():
-        predict(m, x[:EVAL_BATCH])  # warm-up, excluded from examples/s
-        logits[name], seconds[name] = predict(m, x)
+    logits = {name: predict(m, x)[0] for name, m in models.items()}
     n_classes = next(iter(logits.values())).shape[-1]
     valid = torch.ones_like(y, dtype=torch.bool)
-    one = x[:1]
+    one, batch = x[:1], x[:EVAL_BATCH]
+    # speed by the interleaved protocol (kdistill.eval.speed): one batch and one image per
+    # model, all models in turn, warm-up excluded
+    with torch.no_grad():
+        thru = speed.interleaved(
+            {n: (lambda m=m: predict(m, batch)) for n, m in models.items()}, budget_s=budget_s
+        )
+        lat = speed.interleaved(
+            {n: (lambda m=m: m(pixel_values=one)) for n, m in models.items()},
+            min_repeats=20,
+            max_repeats=200,
+            budget_s=budget_s,
+        )
     out = {}
     for name, lg in logits.items():
         model = models[name]
@@ -64,7 +75,9 @@ def evaluate_classifiers(
         def forward(m=model, p=probe):
             return m(pixel_values=p)
 
-        p50, p95 = resources.latency(forward, repeats=20)
+        ordered = sorted(lat[name])
+        p50, p95 = statistics.median(ordered), resources.percentile(ordered, 0.95)
+        rate = speed.summary(thru[name], len(batch))
         r = {
             "accuracy": float(correct.float().mean()),
             "per_class_accuracy": [
@@ -79,7 +92,9 @@ def evaluate_classifiers(
             },
             "params": count_params(model),
             "size_bytes": resources.dir_size((model_dirs or {}).get(name)),
-            "examples_per_s": len(y) / max(seconds[name], 1e-9),
+            "examples_per_s": rate["rate"],
+            "examples_per_s_spread": rate["spread"],
+            "speed_raw": {"batch_s": thru[name], "latency_s": lat[name]},
             "latency_p50_s": p50,
             "latency_p95_s": p95,
             "latency_input": "1 image 1x28x28",

@@ -1,8 +1,6 @@
-"""What a model costs to run: size on disk, latency percentiles, peak memory of a forward.
+"""What a model costs to run: size on disk, percentiles, peak memory of a forward.
 
-Every model in one evaluation is measured by the same functions in the same process, one
-after another, so the ratios between them are meaningful on a noisy machine even where the
-absolute numbers are not.
+Timing lives in :mod:`kdistill.eval.speed` (every model timed in turn, over rounds).
 """
 
 from __future__ import annotations
@@ -10,10 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,19 +34,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         raise ValueError("percentile of no values")
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
-
-
-@torch.no_grad()
-def latency(call: Callable[[], object], repeats: int = 5) -> tuple[float, float]:
-    """(p50, p95) seconds of ``call()`` over ``repeats`` runs after one excluded warm-up."""
-    call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return statistics.median(times), percentile(times, 0.95)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
