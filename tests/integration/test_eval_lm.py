@@ -27,6 +27,7 @@ def test_teacher_vs_itself_and_a_different_model(tiny_tokenizer, tiny_text_file)
         CausalCollator(tiny_tokenizer.pad_token_id),
         vocab_size=len(tiny_tokenizer),
         batch_size=2,
+        speed_budget_s=0.0,
     )
     assert res["copy"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert res["copy"]["top1_agreement"] == 1.0
@@ -112,6 +113,8 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
         "256",
         "--out",
         str(out),
+        "--speed-budget",
+        "1",
     ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
