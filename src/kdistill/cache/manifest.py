@@ -77,3 +77,12 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_shard(path: Path, sha256: str, rerun: str = "re-run") -> None:
+    """The shard at ``path`` exists and has checksum ``sha256``, else one StoreError
+    (``rerun``: what rebuilds it, e.g. "re-run kdistill cache")."""
+    if not path.is_file():
+        raise StoreError(f"{path}: shard missing; {rerun} to rebuild it")
+    if sha256_file(path) != sha256:
+        raise StoreError(f"{path}: checksum mismatch (corrupt shard); delete it and {rerun}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load
 
-from kdistill.cache.manifest import Manifest, StoreError, sha256_file
+from kdistill.cache.manifest import Manifest, StoreError, check_shard
 from kdistill.softlabels import EncodedPositions, SparseRows, decode_positions
 from kdistill.softlabels.encoding import id_bits_for
 
@@ -57,12 +57,7 @@ class StoreReader:
         path = self.path / entry["file"]
         if shard in self._verified:
             return path
-        if not path.is_file():
-            raise StoreError(f"{path}: shard missing; re-run kdistill cache to rebuild it")
-        if sha256_file(path) != entry["sha256"]:
-            raise StoreError(
-                f"{path}: checksum mismatch (corrupt shard); delete it and re-run kdistill cache"
-            )
+        check_shard(path, entry["sha256"], "re-run kdistill cache")
         self._verified.add(shard)
         return path
 

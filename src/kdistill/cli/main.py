@@ -229,15 +229,9 @@ def eval_(
     latency p50/p95, tokens/s, peak memory."""
     from kdistill.pipeline.evaluate import run_eval
 
-    specs = {}
-    for item in model:
-        name, sep, spec = item.partition("=")
-        if not sep or not name or not spec:
-            raise typer.BadParameter(f"--model {item!r}: use NAME=SPEC, e.g. student=runs/x/model")
-        specs[name] = spec
     run_eval(
         teacher,
-        specs,
+        _pairs(model, "--model", "NAME=SPEC, e.g. student=runs/x/model"),
         data,
         block_size,
         held_out_fraction,

@@ -9,6 +9,7 @@ token up to the final assistant reply is masked out of the loss (label -100).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,11 @@ from kdistill.data.examples import IGNORE_INDEX, BlockDataset, chat_example
 from kdistill.errors import InputError, MissingFileError
 
 
-def read_utf8(path: Path) -> str:
+@contextlib.contextmanager
+def _reading(path: Path):
+    """A file that is not UTF-8 text, or is a folder, becomes one InputError with the fix."""
     try:
-        return path.read_text(encoding="utf-8")
+        yield
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
@@ -32,30 +35,27 @@ def read_utf8(path: Path) -> str:
         raise InputError(f"{path} is a folder; give a .txt/.jsonl/.parquet file") from None
 
 
+def read_utf8(path: Path) -> str:
+    with _reading(path):
+        return path.read_text(encoding="utf-8")
+
+
 def _iter_jsonl_rows(path: Path) -> Iterator[dict]:
     """Every non-empty line of a JSONL file as a dict, one line in memory at a time (read
     with json: nested top-logprob pairs of generation records are not Arrow-typed)."""
     import json
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise InputError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{path.name} line {n}: each line must be a JSON object")
-                yield row
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); convert the file "
-            "to UTF-8"
-        ) from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder; give a .txt/.jsonl/.parquet file") from None
+    with _reading(path), open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path.name} line {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path.name} line {n}: each line must be a JSON object")
+            yield row
 
 
 def _jsonl_rows(path: Path) -> list[dict]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.cache.manifest import StoreError, sha256_file
+from kdistill.cache.manifest import StoreError, check_shard, sha256_file
 from kdistill.cache.writer import serialize_safetensors
 from kdistill.data.completions import PieceMap, SignalStats, attach_signal, generation_example
 from kdistill.data.examples import BlockDataset
@@ -329,12 +329,7 @@ class RecordedStore:
             entry = self.manifest["shards"][str(shard)]
             path = self.path / entry["file"]
             if shard not in self._verified:
-                if not path.is_file():
-                    raise StoreError(f"{path}: shard missing; re-run to rebuild it")
-                if sha256_file(path) != entry["sha256"]:
-                    raise StoreError(
-                        f"{path}: checksum mismatch (corrupt shard); delete it and re-run"
-                    )
+                check_shard(path, entry["sha256"])
                 self._verified.add(shard)
             s = self._open[shard] = _Shard(path)
             if len(self._open) > self._max_open:
