@@ -186,7 +186,7 @@ def evaluate_lms(
     documents: list[str] | None = None,
     prompts: list[str] | None = None,
     window: int = 256,
-    agreement_chars: int = 64,
+    agreement_chars: int = 48,
     speed_budget_s: float = 30.0,
 ) -> dict[str, dict]:
     """Per model: quality, bits per byte, agreement on text, size, speed, peak memory.

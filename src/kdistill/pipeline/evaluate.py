@@ -191,7 +191,7 @@ def _run_eval_lms(
 
 def text_inputs(data: str, held_out_fraction: float, max_eval_tokens: int, seed: int = 0) -> dict:
     """Held-out text for bits per byte (about 4 characters per evaluation token, at most
-    8,000 characters) and four prompts (the documents' first 160 characters, or half of a
+    8,000 characters) and three prompts (the documents' first 160 characters, or half of a
     shorter one) for agreement on text."""
     from kdistill.data.lm import held_out_texts
 
@@ -201,7 +201,7 @@ def text_inputs(data: str, held_out_fraction: float, max_eval_tokens: int, seed:
         seed=seed,
         max_chars=min(8000, 4 * (max_eval_tokens or 2000)),
     )
-    prompts = [d[: min(160, len(d) // 2)] for d in docs if len(d) >= 32][:4]
+    prompts = [d[: min(160, len(d) // 2)] for d in docs if len(d) >= 32][:3]
     return {"documents": docs, "prompts": prompts}
 
 
