@@ -127,3 +127,16 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
     assert res["derived"]["copy_size_fraction"] == 1.0
     assert res["copy"]["perplexity_retention"] == pytest.approx(1.0, rel=1e-6)
     assert main(["eval", "--model", "broken"]) == 2
+    # roles and pairs from the command line; a pair naming no model is refused up front
+    out2 = tmp_path / "r2" / "results.json"
+    argv2 = [*argv[:-4], "--model", f"base={tiny_teacher_dir}", "--out", str(out2)]
+    argv2 += ["--speed-budget", "1", "--baseline", "copy=base"]
+    assert main(argv2) == 0
+    setup = json.loads(out2.read_text())["setup"]
+    assert setup["roles"] == {"teacher": "teacher", "copy": "student", "base": "baseline"}
+    assert setup["pairs"] == [["copy", "base"]]
+    assert json.loads(out2.read_text())["derived"]["pairs"]["copy"]["teacher_helped"] is False
+    out3 = tmp_path / "r3" / "results.json"
+    bad = [*argv[:-4], "--out", str(out3), "--baseline", "copy=nope"]
+    assert main(bad) == 2
+    assert not out3.exists()
