@@ -49,22 +49,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _new_temp(path: Path):
+    """``(temp path, open file)`` beside ``path``, created exclusively (O_EXCL): never a file
+    that was already there, so removing it on failure removes only what this call wrote.
+    Names: ``.NAME.<pid>.tmp``, then ``.NAME.<pid>-1.tmp``... if a stale one is in the way."""
+    for n in range(100):
+        suffix = f"{os.getpid()}" + (f"-{n}" if n else "")
+        tmp = path.with_name(f".{path.name}.{suffix}.tmp")
+        try:
+            return tmp, open(tmp, "xb")
+        except FileExistsError:
+            continue
+    raise OutputError(f"cannot write {str(path)!r}: 100 stale temp files beside it; remove them")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Temp file in the destination folder, fsync, rename, fsync the folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    created = False
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            created = True  # from here on the temp file is ours to remove
+        tmp, fh = _new_temp(path)  # from here on the temp file is ours to remove
+        with fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        if created:
+        if tmp is not None:
             tmp.unlink(missing_ok=True)
         if is_environment_error(exc):
             raise output_error(exc, path) from exc

@@ -84,10 +84,10 @@ def _legacy_kind(path: Path) -> str | None:
 
 
 def _is_our_temp(name: str, entry: str) -> bool:
-    """kdistill's own temporary names for ``entry``: ``.NAME.<pid>.tmp`` (the atomic writer)
+    """kdistill's own temporary names for ``entry``: ``.NAME.<pid>[-n].tmp`` (the atomic writer)
     and ``.NAME-<8 chars>`` (a model folder being filled, from ``tempfile.mkdtemp``)."""
     pattern = re.escape(entry).replace(r"\*", r"[^/]*")
-    return bool(re.fullmatch(rf"\.{pattern}\.\d+\.tmp|\.{pattern}-[a-z0-9_]{{8}}", name))
+    return bool(re.fullmatch(rf"\.{pattern}\.\d+(?:-\d+)?\.tmp|\.{pattern}-[a-z0-9_]{{8}}", name))
 
 
 def _owned_paths(path: Path, kind: str) -> list[Path]:

@@ -50,6 +50,7 @@ def test_fresh_removes_only_kdistills_entries(tmp_path):
         (folder / "model").mkdir()
         (folder / ".model-abc123xy").mkdir()  # a temp folder of ours (mkdtemp: 8 chars)
         (folder / ".config.yaml.77.tmp").write_text("x")
+        (folder / ".config.yaml.77-1.tmp").write_text("x")  # the writer's second choice
     (folder / "my_plot.png").write_bytes(b"user")
     (folder / ".config.yaml.bak").write_text("the user's backup")  # looks like ours, is not
     with claim_folder(folder, "run", field="output_dir", fresh=True):
@@ -166,3 +167,23 @@ def test_free_space_is_checked(tmp_path, monkeypatch):
     files.check_free_space(tmp_path, 100_000, "the store")
     with pytest.raises(OutputError, match=r"the store needs about 5\.0 MB but .* 1\.0 MB free"):
         files.check_free_space(tmp_path / "new", 5_000_000, "the store")
+
+
+def test_atomic_writer_never_takes_over_a_file_already_at_its_temp_name(tmp_path, monkeypatch):
+    """The temp file is created exclusively: a file already at ``.NAME.<pid>.tmp`` is left
+    alone (another name is used), and a failed write removes only its own temp file."""
+    target = tmp_path / "results.json"
+    squatter = tmp_path / f".results.json.{os.getpid()}.tmp"
+    squatter.write_text("not ours to delete")
+    files.atomic_write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert squatter.read_text() == "not ours to delete"
+
+    def fail(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", fail)
+    with pytest.raises(OutputError):
+        files.atomic_write_json(target, {"a": 2})
+    assert squatter.read_text() == "not ours to delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["results.json", squatter.name])
