@@ -8,7 +8,7 @@ bits per byte where they do not (perplexities over different tokens are not comp
 from __future__ import annotations
 
 from kdistill.eval.metrics import retention
-from kdistill.eval.roles import EvalSetup, build_setup, lm_quality_key
+from kdistill.eval.roles import SETUP_KEY, EvalSetup, build_setup, lm_quality_key
 
 
 def _ratio(a, b) -> float | None:
@@ -67,3 +67,16 @@ def derive(results: dict[str, dict], *, lm: bool, setup: EvalSetup | None = None
     if pairs:
         out["pairs"] = pairs
     return out
+
+
+def results_file(results: dict[str, dict], setup: EvalSetup, *, lm: bool, **extra) -> dict:
+    """What a results JSON holds: the models in role order, ``derived``, the ``setup`` and
+    any ``extra`` sections (e.g. the demo's ``timings``)."""
+    ordered = {n: results[n] for n in setup.roles if n in results}
+    ordered.update({n: r for n, r in results.items() if n not in ordered})
+    return {
+        **ordered,
+        "derived": derive(results, lm=lm, setup=setup),
+        **extra,
+        SETUP_KEY: setup.to_json(),
+    }

@@ -105,12 +105,10 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
         results[name]["train"] = summary
         results[name]["run_dir"] = str(d)
     results["teacher"]["model"] = s_cfg.teacher.model
-    from kdistill.eval.derived import derive
-    from kdistill.eval.roles import SETUP_KEY, build_setup
+    from kdistill.eval.derived import results_file
+    from kdistill.eval.roles import build_setup
 
-    setup = build_setup(list(results), "teacher")
-    payload = {**results, "derived": derive(results, lm=True, setup=setup), "timings": timings}
-    payload[SETUP_KEY] = setup.to_json()
+    payload = results_file(results, build_setup(list(results)), lm=True, timings=timings)
     atomic_write_json(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]

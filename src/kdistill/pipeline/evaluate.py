@@ -8,8 +8,8 @@ from rich import box
 from rich.table import Table
 
 from kdistill.errors import InputError
-from kdistill.eval.derived import derive
-from kdistill.eval.roles import SETUP_KEY, SetupError, build_setup
+from kdistill.eval.derived import results_file
+from kdistill.eval.roles import EvalSetup, SetupError, build_setup
 from kdistill.files import atomic_write_json, check_output_folder
 from kdistill.log import say
 
@@ -97,7 +97,7 @@ def _run_eval_classifiers(
     max_examples: int,
     out: Path,
     seed: int,
-    setup=None,
+    setup: EvalSetup,
 ) -> dict:
     from kdistill.data.fashion_mnist import CLASSES, ImageDataset, load_split
     from kdistill.eval.classifier_runner import evaluate_classifiers
@@ -119,10 +119,7 @@ def _run_eval_classifiers(
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]
-    payload = {**results, "derived": derive(results, lm=False, setup=setup)}
-    if setup is not None:
-        payload[SETUP_KEY] = setup.to_json()
-    atomic_write_json(out, payload)
+    atomic_write_json(out, results_file(results, setup, lm=False))
     say(classifier_table(results, f"Fashion-MNIST test ({len(held)} images)"))
     say(f"results: {out}")
     return results
@@ -136,24 +133,24 @@ def _run_eval_lms(
     held_out_fraction: float,
     max_eval_tokens: int,
     out: Path,
-    setup=None,
+    setup: EvalSetup,
     speed_budget_s: float = 30.0,
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
     from kdistill.models.loading import load_causal_lm, resolve_model_path
-    from kdistill.models.vocab import tokenizer_fingerprint
+    from kdistill.models.vocab import shared_vocab_size, tokenizer_fingerprint
 
     teacher, tok = load_causal_lm(teacher_spec, frozen=True)
     models, dirs = {"teacher": teacher}, {"teacher": resolve_model_path(teacher_spec)[0]}
     toks = {"teacher": tok}
-    vocab = len(tok)
+    t_rows = teacher.get_output_embeddings().weight.shape[0]
     for name, spec in specs.items():
         models[name], toks[name] = load_causal_lm(spec, frozen=True)
         dirs[name] = resolve_model_path(spec)[0]
-        if tokenizer_fingerprint(toks[name]) == tokenizer_fingerprint(tok):
+        if tokenizer_fingerprint(toks[name]) == tokenizer_fingerprint(tok):  # else bpb only
             rows = models[name].get_output_embeddings().weight.shape[0]
-            vocab = min(vocab, rows)
+            shared_vocab_size(tok, toks[name], t_rows, rows)  # checks the output dims
     _, held = build_lm_datasets(
         tok,
         data,
@@ -167,7 +164,7 @@ def _run_eval_lms(
         "teacher",
         held,
         CausalCollator(tok.pad_token_id),
-        vocab_size=vocab,
+        vocab_size=len(tok),
         model_dirs=dirs,
         **text_inputs(data, held_out_fraction, max_eval_tokens),
         tokenizers=toks,
@@ -178,13 +175,9 @@ def _run_eval_lms(
         r["model"] = teacher_spec if name == "teacher" else specs[name]
         if name != "teacher" and r.get("perplexity") is not None:
             r["perplexity_retention"] = results["teacher"]["perplexity"] / r["perplexity"]
-    ordered = {n: results[n] for n in setup.roles} if setup else results
-    payload = {**ordered, "derived": derive(results, lm=True, setup=setup)}
-    if setup is not None:
-        payload[SETUP_KEY] = setup.to_json()
-    atomic_write_json(out, payload)
+    atomic_write_json(out, results_file(results, setup, lm=True))
     tokens = results["teacher"].get("eval_tokens")
-    say(results_table(ordered, f"held-out {data} ({tokens} tokens)"))
+    say(results_table({n: results[n] for n in setup.roles}, f"held-out {data} ({tokens} tokens)"))
     say(f"results: {out}")
     return results
 
