@@ -24,12 +24,8 @@ from kdistill.losses.objective import kd_sums
 from kdistill.teachers.base import Want
 from kdistill.teachers.local_gen import LocalGenerator
 from kdistill.teachers.recorded import RecordedTeacher
-from kdistill.teachers.recorded_store import (
-    RecordedExamples,
-    RecordedStore,
-    build_recorded_store,
-    recorded_datasets,
-)
+from kdistill.teachers.recorded_store import RecordedExamples, RecordedStore, recorded_datasets
+from kdistill.teachers.recorded_write import build_recorded_store
 from tests.conftest import TINY_TEXT, make_tiny_lm, make_word_tokenizer
 
 pytestmark = pytest.mark.integration

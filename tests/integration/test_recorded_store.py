@@ -12,12 +12,8 @@ import torch
 
 from kdistill.cache.manifest import StoreError
 from kdistill.data.completions import PieceMap, SignalStats, attach_signal, generation_example
-from kdistill.teachers.recorded_store import (
-    RecordedStore,
-    build_recorded_store,
-    recorded_datasets,
-    shard_file,
-)
+from kdistill.teachers.recorded_store import RecordedStore, recorded_datasets
+from kdistill.teachers.recorded_write import build_recorded_store, shard_file
 
 pytestmark = pytest.mark.integration
 
