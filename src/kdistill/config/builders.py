@@ -55,6 +55,15 @@ def objective_kwargs(cfg: RunConfig) -> dict:
     return {"divergence": d.divergence, "skew_alpha": d.skew_alpha, "scale_by_t2": d.scale_by_t2}
 
 
+def on_policy_kwargs(cfg: RunConfig) -> dict | None:
+    """``distill.on_policy`` as plain values (None when off, and for the no-teacher
+    baseline, which trains on the same data without a teacher to score samples)."""
+    op = cfg.distill.on_policy
+    if op is None or no_teacher(cfg):
+        return None
+    return {**op.model_dump(), "seed": cfg.seed}
+
+
 def student_kwargs(cfg: RunConfig) -> dict | None:
     ft = cfg.student.from_teacher
     return None if ft is None else ft.model_dump()

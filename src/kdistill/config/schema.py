@@ -197,19 +197,44 @@ def term_spec(data) -> TermSpec:
     return TERM_SPECS[data["name"]].model_validate(data)
 
 
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+
+
+class OnPolicySpec(Strict):
+    """``distill.on_policy``: the student samples, the teacher scores its samples (GKD)."""
+
+    fraction: float = Field(
+        1.0, ge=0, le=1, description="share of micro-batches sampled by the student (GKD lambda)"
+    )
+    max_new_tokens: int = Field(64, ge=1, description="tokens the student samples per prompt")
+    sampling_temperature: float = Field(1.0, gt=0, description="the student's sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold")
+    prompt_tokens: int = Field(
+        64,
+        ge=1,
+        description="prompt length taken from text blocks (rows with a masked prompt use it)",
+    )
+    divergence: Divergence = Field(
+        "reverse_kl", description="per-token divergence on the student's own tokens"
+    )
+
+
 class DistillSpec(Strict):
     kd_temperature: Scalar = Field(2.0, description="softmax temperature T of the soft term")
     soft_weight: Scalar = Field(0.7, description="weight of T^2 * D(teacher_T || student_T)")
     hard_weight: Scalar = Field(0.3, description="weight of the cross-entropy on labels")
-    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"] = (
-        Field("forward_kl", description="the divergence D")
-    )
+    divergence: Divergence = Field("forward_kl", description="the divergence D")
     beta: Scalar = Field(0.5, description="generalized JSD mixture weight in [0, 1]")
     skew_alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixture weight")
     scale_by_t2: bool = Field(True, description="multiply the soft term by T^2 (Hinton 2015)")
     terms: list[SerializeAsAny[TermSpec]] = Field(
         default_factory=list,
         description="more named loss terms beside kd and ce, e.g. [{name: hidden, weight: 1}]",
+    )
+    on_policy: OnPolicySpec | None = Field(
+        None,
+        description="on-policy distillation: the student samples continuations of the "
+        "prompts and learns the teacher's per-token judgement of them, e.g. {fraction: 0.5}",
     )
 
     @field_validator("terms", mode="before")

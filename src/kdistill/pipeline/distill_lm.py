@@ -106,6 +106,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
 
     from kdistill.data.lm import CausalCollator, IndexedDataset, build_lm_datasets
     from kdistill.training.checkpoint import CompleteMarker, latest_complete_checkpoint
+    from kdistill.training.on_policy import OnPolicy
     from kdistill.training.preemption import PreemptionCallback
     from kdistill.training.step import KDSchedules
     from kdistill.training.trainer import KDTrainer
@@ -131,6 +132,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
     preemption = PreemptionCallback()
+    op = builders.on_policy_kwargs(cfg)
     trainer = KDTrainer(
         model=student,
         args=args,
@@ -143,6 +145,9 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         vocab_size=vocab,
         log_path=run_dir / "kd_log.jsonl",
         callbacks=[CompleteMarker(), preemption],
+        on_policy=None if op is None else OnPolicy(**op),
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        eos_token_ids=() if tok.eos_token_id is None else (tok.eos_token_id,),
         **builders.objective_kwargs(cfg),
     )
     last = latest_complete_checkpoint(ckpt_dir) if resume else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from kdistill.models.sampling import left_pad
 from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 from kdistill.teachers.served import sample_seed
 
@@ -50,12 +51,8 @@ class LocalGenerator:
         pad = self.tok.pad_token_id
         if pad is None:
             pad = self.tok.eos_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
+        ids, mask = left_pad([torch.tensor(p, dtype=torch.long) for p in prompts], pad)
+        width = ids.shape[1]
         temp = params.get("sampling_temperature", 1.0)
         torch.manual_seed(sample_seed(pairs[0][0].id, pairs[0][1]))
         kwargs = {

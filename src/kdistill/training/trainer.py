@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from kdistill.signals import SparseSignal
 from kdistill.teachers.base import EXAMPLE_INDEX, NoTeacher, Teacher, Want
 from kdistill.teachers.model import ModelTeacher
 from kdistill.training.checkpoint import retract_latest
+from kdistill.training.on_policy import SAMPLED, OnPolicy, is_on_policy, on_policy_batch
 from kdistill.training.step import (
     KDSchedules,
     NonFiniteError,
@@ -41,36 +43,59 @@ class KDMeter:
 
     def reset(self) -> None:
         self.soft = self.hard = 0.0
+        self.hard_count = 0  # targets of off-policy micro-batches (no CE on own samples)
         self.terms: dict[str, float] = {}
         self.count = 0
         self.tokens = 0
+        self.batches = self.sampled = self.sampled_rows = self.sampled_tokens = 0
         self.since = time.perf_counter()
         self.knobs = None
 
-    def update(self, sums, knobs, n_tokens: int, terms: dict | None = None) -> None:
+    def update(
+        self, sums, knobs, n_tokens: int, terms: dict | None = None, sampled: bool = False
+    ) -> None:
         self.soft += float(sums.soft_sum.detach())
-        self.hard += float(sums.hard_sum.detach())
+        if not sampled:
+            self.hard += float(sums.hard_sum.detach())
+            self.hard_count += int(sums.count)
         for name, value in (terms or {}).items():
             self.terms[name] = self.terms.get(name, 0.0) + float(value.detach())
         self.count += int(sums.count)
         self.tokens += n_tokens
         self.knobs = knobs
 
+    def sampling(self, batch: dict | None) -> None:
+        """Count one micro-batch; ``batch`` is its on-policy replacement (None: off-policy)."""
+        self.batches += 1
+        if batch is not None:
+            self.sampled += 1
+            rows = batch["shift_labels"] != -100
+            self.sampled_rows += rows.shape[0]
+            self.sampled_tokens += int(rows.sum())
+
     def snapshot(self, device: torch.device | str = "cpu") -> dict:
         """Averages since the last reset; summed over all ranks when distributed."""
         elapsed = max(time.perf_counter() - self.since, 1e-9)
         names = sorted(self.terms)
-        totals = [self.soft, self.hard, float(self.count), float(self.tokens)]
+        totals = [self.soft, self.hard, float(self.count), float(self.tokens), self.hard_count]
+        totals += [self.batches, self.sampled, self.sampled_rows, self.sampled_tokens]
         totals += [self.terms[k] for k in names]
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized():
             t = torch.tensor(totals, dtype=torch.float64, device=device)
             dist.all_reduce(t)
             totals = t.tolist()
-        soft, hard, count, tokens = totals[:4]
+        soft, hard, count, tokens, hard_n, batches, sampled, rows, new_tokens = totals[:9]
         n = max(count, 1.0)
-        out = {"soft_loss": soft / n, "hard_loss": hard / n, "tokens_per_s": tokens / elapsed}
-        out.update({f"{k}_loss": v / n for k, v in zip(names, totals[4:])})
+        out = {
+            "soft_loss": soft / n,
+            "hard_loss": hard / max(hard_n, 1.0),
+            "tokens_per_s": tokens / elapsed,
+        }
+        out.update({f"{k}_loss": v / n for k, v in zip(names, totals[9:])})
+        if batches:  # an on-policy run: the share of sampled micro-batches and their length
+            out["on_policy_share"] = sampled / batches
+            out["sample_length"] = new_tokens / max(rows, 1.0)
         if self.knobs is not None:
             out.update(
                 kd_temperature=self.knobs.kd_temperature,
@@ -140,6 +165,9 @@ class KDTrainer(Trainer):
         log_path: Path | None = None,
         loss_chunk_size: int | None = None,
         terms: list[TermSlot] | None = None,
+        on_policy: OnPolicy | None = None,
+        pad_token_id: int | None = None,
+        eos_token_ids: tuple[int, ...] = (),
         **kwargs,
     ):
         self.kd_meter = KDMeter()
@@ -169,6 +197,39 @@ class KDTrainer(Trainer):
         self.scale_by_t2 = scale_by_t2
         self.kd_vocab_size = vocab_size
         self.loss_chunk_size = loss_chunk_size
+        self.on_policy = on_policy
+        self._sampled_now = False
+        config = getattr(self.model, "config", None)
+        eos = eos_token_ids or getattr(config, "eos_token_id", None) or ()
+        self.eos_token_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        pad = pad_token_id if pad_token_id is not None else getattr(config, "pad_token_id", None)
+        self.pad_token_id = pad if pad is not None else (self.eos_token_ids or (0,))[0]
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches; on-policy ones are replaced by prompt + the student's own
+        sample *before* the global count of valid targets is taken."""
+        samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.on_policy is None or not samples:
+            return samples, num_items
+        step, rank = self.state.global_step, self.args.process_index
+        model = self.accelerator.unwrap_model(self.model)
+        out = []
+        for micro, batch in enumerate(samples):
+            sampled = None
+            if is_on_policy(self.on_policy, step, rank, micro):
+                batch = sampled = on_policy_batch(
+                    model,
+                    batch,
+                    self.on_policy,
+                    step=step,
+                    rank=rank,
+                    micro=micro,
+                    pad_id=self.pad_token_id,
+                    eos_ids=self.eos_token_ids,
+                )
+            self.kd_meter.sampling(sampled)
+            out.append(batch)
+        return out, self._get_num_items_in_batch(out, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -179,6 +240,12 @@ class KDTrainer(Trainer):
         index = inputs.pop(EXAMPLE_INDEX, None)
         step = self.state.global_step
         knobs = self.schedules.at(step, max(self.state.max_steps, 1))
+        divergence = self.divergence
+        self._sampled_now = bool(inputs.pop(SAMPLED, False))
+        if self._sampled_now:
+            # the student's own tokens: the on-policy divergence only, no CE on own samples
+            knobs = replace(knobs, hard_weight=0.0)
+            divergence = self.on_policy.divergence if self.on_policy else divergence
         # chunk only when there is more than one chunk: a single chunk saves no memory and
         # only adds the custom backward (benchmarks/README.md: 0.78x at N = chunk = 1,024)
         chunked = (
@@ -191,7 +258,15 @@ class KDTrainer(Trainer):
             ask = {**inputs} if index is None else {**inputs, EXAMPLE_INDEX: index}
         if chunked:
             return self._chunked_loss(
-                model, inputs, labels, ask, knobs, step, num_items_in_batch, return_outputs
+                model,
+                inputs,
+                labels,
+                ask,
+                knobs,
+                step,
+                num_items_in_batch,
+                return_outputs,
+                divergence,
             )
         outputs = model(**inputs, output_hidden_states=True) if self.terms else model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
@@ -214,7 +289,7 @@ class KDTrainer(Trainer):
             teacher_logits,
             labels,
             knobs,
-            divergence=self.divergence,
+            divergence=divergence,
             skew_alpha=self.skew_alpha,
             vocab_size=self.kd_vocab_size,
         )
@@ -233,7 +308,9 @@ class KDTrainer(Trainer):
         )
         return (loss, outputs) if return_outputs else loss
 
-    def _chunked_loss(self, model, inputs, labels, ask, knobs, step, num_items, return_outputs):
+    def _chunked_loss(
+        self, model, inputs, labels, ask, knobs, step, num_items, return_outputs, divergence
+    ):
         """Same objective, but student (and teacher) logits are made chunk by chunk from
         final hidden states and the output head: no (tokens x V) tensor is ever held."""
         outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
@@ -281,7 +358,7 @@ class KDTrainer(Trainer):
             kd_temperature=knobs.kd_temperature,
             soft_weight=knobs.soft_weight if teacher is not None else 0.0,
             hard_weight=knobs.hard_weight,
-            divergence=self.divergence,
+            divergence=divergence,
             beta=knobs.beta,
             skew_alpha=self.skew_alpha,
             scale_by_t2=self.scale_by_t2,
@@ -338,7 +415,10 @@ class KDTrainer(Trainer):
                 if "attention_mask" in inputs
                 else labels.numel()
             )
-            self.kd_meter.update(sums, knobs, n_tok, terms)
+            # the scheduled knobs, not the on-policy micro-batch's (which drop the CE weight)
+            total = max(self.state.max_steps, 1)
+            knobs = self.schedules.at(self.state.global_step, total)
+            self.kd_meter.update(sums, knobs, n_tok, terms, sampled=self._sampled_now)
 
     def create_optimizer(self, model=None):
         """The stock optimizer plus one group for the extra terms' own parameters."""

@@ -1,0 +1,151 @@
+"""On-policy distillation: the student samples continuations of the batch's prompts, and the
+micro-batch it trains on becomes prompt + its own sample (GKD, Agarwal et al. 2024).
+
+The trainer swaps micro-batches here before it counts the step's valid targets, so the one
+division by the global count still holds; the teacher then scores the sampled text like any
+other batch (it never knows), and the loss is the on-policy divergence over the sampled
+tokens only (prompt and padding masked, no cross-entropy on the student's own tokens).
+
+Reproducible by construction: whether a micro-batch is on-policy and the tokens sampled
+for it come from generators seeded by ``(seed, step, rank, micro-batch)``, never from the
+global RNG, so a resumed run (same weights at that step) samples exactly the same tokens
+and every rank draws its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from kdistill.models.sampling import sample_continuations
+
+IGNORE_INDEX = -100
+SAMPLED = "sampled_by_student"  # batch key: () bool, the micro-batch is prompt + own sample
+
+
+@dataclass(frozen=True)
+class OnPolicy:
+    """On-policy settings (``distill.on_policy``).
+
+    ``fraction``: the probability that a micro-batch is on-policy (GKD's lambda).
+    ``prompt_tokens``: for rows without a masked prompt (packed text blocks), the prompt is
+    the block's first ``prompt_tokens`` tokens; rows whose labels mask a prefix (chat
+    ``messages``, a ``prompt`` column) use that prefix.
+    ``divergence``: the per-token divergence on sampled tokens (reverse KL by default).
+    """
+
+    fraction: float = 1.0
+    max_new_tokens: int = 64
+    sampling_temperature: float = 1.0
+    top_p: float = 1.0
+    prompt_tokens: int = 64
+    divergence: str = "reverse_kl"
+    seed: int = 0
+
+
+def _seed(*parts) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def is_on_policy(settings: OnPolicy, step: int, rank: int, micro: int) -> bool:
+    """Whether micro-batch ``micro`` of optimizer step ``step`` on ``rank`` is on-policy."""
+    if settings.fraction >= 1.0:
+        return True
+    if settings.fraction <= 0.0:
+        return False
+    g = torch.Generator().manual_seed(_seed("choose", settings.seed, step, rank, micro))
+    return float(torch.rand((), generator=g)) < settings.fraction
+
+
+def prompts_of(batch: dict, prompt_tokens: int) -> list[torch.Tensor]:
+    """Each row's prompt ``(P_i,)``: its label-masked prefix if it has one (chat, prompt
+    column), else its first ``prompt_tokens`` tokens (at most all but one of them)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    mask = batch.get("attention_mask")
+    out = []
+    for r in range(ids.shape[0]):
+        n = int(mask[r].sum()) if mask is not None else ids.shape[1]
+        valid = (labels[r, :n] != IGNORE_INDEX).nonzero()
+        first = int(valid[0]) if len(valid) else n
+        if first == 0 or first >= n:
+            first = min(prompt_tokens, max(n - 1, 1))
+        out.append(ids[r, :first])
+    return out
+
+
+def sampled_batch(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    new_tokens: torch.Tensor,
+    eos_ids: tuple[int, ...] = (),
+) -> dict:
+    """The training micro-batch for prompt + sample.
+
+    Args:
+        prompt_ids, prompt_mask: ``(B, P)`` left-padded prompts.
+        new_tokens: ``(B, N)`` sampled tokens; a row ends at its first EOS (which is kept as
+            a target), everything after it is padding.
+
+    Returns ``input_ids``, ``attention_mask``, ``position_ids`` (count of real tokens
+    before each position), ``labels`` (-100 on prompt and padding), ``shift_labels`` (the
+    target of each position's logits) and :data:`SAMPLED`.
+    """
+    b, n = new_tokens.shape
+    keep = torch.ones((b, n), dtype=torch.long)
+    if eos_ids and n:
+        is_eos = torch.zeros_like(new_tokens, dtype=torch.bool)
+        for e in eos_ids:
+            is_eos |= new_tokens == e
+        # positions strictly after the first EOS are padding
+        after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        keep = (~after).long()
+    ids = torch.cat([prompt_ids, new_tokens], dim=1)
+    mask = torch.cat([prompt_mask.long(), keep], dim=1)
+    labels = torch.cat(
+        [
+            torch.full_like(prompt_ids, IGNORE_INDEX),
+            torch.where(keep.bool(), new_tokens, torch.full_like(new_tokens, IGNORE_INDEX)),
+        ],
+        dim=1,
+    )
+    shift = torch.full_like(labels, IGNORE_INDEX)
+    shift[:, :-1] = labels[:, 1:]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": positions,
+        "labels": labels,
+        "shift_labels": shift,
+        SAMPLED: torch.tensor(True),
+    }
+
+
+def on_policy_batch(
+    model,
+    batch: dict,
+    settings: OnPolicy,
+    *,
+    step: int,
+    rank: int,
+    micro: int,
+    pad_id: int,
+    eos_ids: tuple[int, ...],
+) -> dict:
+    """``batch`` replaced by prompt + the student's sample (see :func:`sampled_batch`)."""
+    prompts = prompts_of(batch, settings.prompt_tokens)
+    seed = _seed("sample", settings.seed, step, rank, micro)
+    p_ids, p_mask, new = sample_continuations(
+        model,
+        prompts,
+        max_new_tokens=settings.max_new_tokens,
+        sampling_temperature=settings.sampling_temperature,
+        top_p=settings.top_p,
+        pad_id=pad_id,
+        eos_ids=eos_ids,
+        seed=seed,
+    )
+    return sampled_batch(p_ids, p_mask, new, eos_ids)
