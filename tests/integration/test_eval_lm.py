@@ -111,6 +111,12 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
         "0.3",
         "--max-eval-tokens",
         "256",
+        "--own-samples",
+        "3",
+        "--own-max-new-tokens",
+        "6",
+        "--own-prompt-tokens",
+        "4",
         "--out",
         str(out),
         "--speed-budget",
@@ -118,6 +124,20 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
     ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
+    # the same model samples the same tokens (same seed): its own-sample figures are the
+    # teacher's, with reverse KL 0 and greedy agreement 1
+    for key in ("own_entropy", "own_distinct2", "own_length"):
+        assert res["copy"][key] == pytest.approx(res["teacher"][key], rel=1e-6)
+    assert res["copy"]["own_reverse_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert res["teacher"]["own_greedy_agreement"] == 1.0
+    assert res["copy"]["own_sample_settings"] == {
+        "prompts": 3,
+        "prompt_tokens": 4,
+        "max_new_tokens": 6,
+        "sampling_temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 0,
+    }
     assert set(res) == {"teacher", "copy", "derived", "setup"}
     assert res["setup"]["roles"] == {"teacher": "teacher", "copy": "variant"}
     assert res["copy"]["text_agreement"] == 1.0  # the same model continues the same way

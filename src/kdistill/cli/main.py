@@ -223,10 +223,27 @@ def eval_(
             help="seconds for the interleaved speed rounds (at least 3 rounds each)",
         ),
     ] = 30.0,
+    own_samples: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="LMs: held-out prompts each model samples from (0 = off); the teacher scores "
+            "the samples: reverse KL, greedy agreement, entropy, distinct-2, length",
+        ),
+    ] = 0,
+    own_max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="tokens sampled per prompt for --own-samples")
+    ] = 32,
+    own_prompt_tokens: Annotated[
+        int, typer.Option(min=1, help="prompt length (tokens of a held-out block)")
+    ] = 32,
+    own_sampling_temperature: Annotated[
+        float, typer.Option(min=0.0, help="sampling temperature for --own-samples")
+    ] = 1.0,
 ):
     """Evaluate the teacher and models on the held-out split (same split as training), all
     in one run: perplexity or accuracy, KL to the teacher, top-1 agreement, ECE, size,
-    latency p50/p95, tokens/s, peak memory."""
+    latency p50/p95, tokens/s, peak memory; optionally metrics on each LM's own samples."""
     from kdistill.pipeline.evaluate import run_eval
 
     run_eval(
@@ -241,6 +258,15 @@ def eval_(
         baselines=_pairs(baseline or [], "--baseline", "STUDENT=BASELINE"),
         roles=_pairs(role or [], "--role", "NAME=ROLE"),
         speed_budget_s=speed_budget,
+        own_samples=None
+        if not own_samples
+        else {
+            "prompts": own_samples,
+            "prompt_tokens": own_prompt_tokens,
+            "max_new_tokens": own_max_new_tokens,
+            "sampling_temperature": own_sampling_temperature,
+            "seed": seed,
+        },
     )
 
 

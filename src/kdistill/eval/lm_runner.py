@@ -188,6 +188,7 @@ def evaluate_lms(
     window: int = 256,
     agreement_chars: int = 48,
     speed_budget_s: float = 30.0,
+    own_samples: dict | None = None,
 ) -> dict[str, dict]:
     """Per model: quality, bits per byte, agreement on text, size, speed, peak memory.
 
@@ -195,6 +196,9 @@ def evaluate_lms(
     tokenizer differs (``tokenizers``: name -> tokenizer; default all the teacher's) get no
     teacher-forced metrics. ``documents``: held-out text spans for bits per byte; ``prompts``:
     texts the models continue greedily for agreement on text (both need ``tokenizers``).
+    ``own_samples``: ``{prompts, prompt_tokens, max_new_tokens, sampling_temperature, top_p,
+    seed}`` adds :mod:`kdistill.eval.own_samples` figures for the models with the teacher's
+    tokenizer (prompts: the first ``prompt_tokens`` tokens of the first held-out blocks).
     """
     for m in models.values():
         m.eval()
@@ -240,6 +244,11 @@ def evaluate_lms(
             ]
             results[name]["text_agreement"] = sum(shares) / len(shares)
             results[name]["text_agreement_chars"] = agreement_chars
+    if own_samples and own_samples.get("prompts"):
+        for name, r in _own_samples(
+            models, teacher_name, dataset, same, own_samples, vocab_size
+        ).items():
+            results[name].update(r)
     probes = _probes(models, toks, batches, documents, same)
     for name, r in speed_figures(models, probes, speed_budget_s).items():
         results[name].update(r)
@@ -251,6 +260,30 @@ def evaluate_lms(
             **resources.peak_forward_memory(model, lambda m=model, p=probe: m(input_ids=p)),
         )
     return results
+
+
+def _own_samples(models, teacher_name, dataset, same, settings, vocab_size) -> dict[str, dict]:
+    from kdistill.eval.own_samples import own_sample_figures
+
+    settings = dict(settings)
+    n, width = settings.pop("prompts"), settings.pop("prompt_tokens", 32)
+    n = min(n, len(dataset))
+    prompts = [dataset[i]["input_ids"][:width] for i in range(n)]
+    teacher = models[teacher_name]
+    eos = _pad_id(teacher)
+    pad = getattr(teacher.generation_config, "pad_token_id", None)
+    figures = own_sample_figures(
+        {m: models[m] for m in same},
+        teacher_name,
+        prompts,
+        vocab_size=vocab_size,
+        pad_id=eos if pad is None else pad,
+        eos_ids=() if eos is None else (eos,),
+        **settings,
+    )
+    for r in figures.values():
+        r["own_sample_settings"]["prompt_tokens"] = width
+    return figures
 
 
 def _probes(models, toks, batches, documents, same) -> dict[str, torch.Tensor]:

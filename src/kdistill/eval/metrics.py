@@ -91,3 +91,10 @@ def normalised_sequence_probs(logprobs: list[float]) -> list[float]:
     """exp(lp_i) / sum_j exp(lp_j): how the teacher splits its belief among N sequences."""
     t = torch.tensor(logprobs, dtype=torch.float64)
     return torch.softmax(t, dim=0).tolist()
+
+
+def distinct_n(rows: list[list[int]], n: int = 2) -> float:
+    """Distinct-n (Li et al. 2016): distinct n-grams / all n-grams over ``rows`` of token ids
+    (NaN when no row has n tokens). A sampler stuck in a loop scores near 0."""
+    grams = [tuple(r[i : i + n]) for r in rows for i in range(len(r) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")

@@ -1,9 +1,13 @@
 """Sampling from a causal LM: left-padded prompts, batched ``generate`` with the KV cache,
-seeded without touching the caller's RNG stream."""
+seeded without touching the caller's RNG stream; the batch of prompt + sample a loss or a
+metric reads."""
 
 from __future__ import annotations
 
 import torch
+
+IGNORE_INDEX = -100
+SAMPLED = "sampled_by_student"  # batch key: () bool, the micro-batch is prompt + own sample
 
 
 def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,3 +65,51 @@ def sample_continuations(
     finally:
         model.train(was_training)
     return ids, mask, out[:, ids.shape[1] :]
+
+
+def sampled_batch(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    new_tokens: torch.Tensor,
+    eos_ids: tuple[int, ...] = (),
+) -> dict:
+    """The training micro-batch for prompt + sample.
+
+    Args:
+        prompt_ids, prompt_mask: ``(B, P)`` left-padded prompts.
+        new_tokens: ``(B, N)`` sampled tokens; a row ends at its first EOS (which is kept as
+            a target), everything after it is padding.
+
+    Returns ``input_ids``, ``attention_mask``, ``position_ids`` (count of real tokens
+    before each position), ``labels`` (-100 on prompt and padding), ``shift_labels`` (the
+    target of each position's logits) and :data:`SAMPLED`.
+    """
+    b, n = new_tokens.shape
+    keep = torch.ones((b, n), dtype=torch.long)
+    if eos_ids and n:
+        is_eos = torch.zeros_like(new_tokens, dtype=torch.bool)
+        for e in eos_ids:
+            is_eos |= new_tokens == e
+        # positions strictly after the first EOS are padding
+        after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        keep = (~after).long()
+    ids = torch.cat([prompt_ids, new_tokens], dim=1)
+    mask = torch.cat([prompt_mask.long(), keep], dim=1)
+    labels = torch.cat(
+        [
+            torch.full_like(prompt_ids, IGNORE_INDEX),
+            torch.where(keep.bool(), new_tokens, torch.full_like(new_tokens, IGNORE_INDEX)),
+        ],
+        dim=1,
+    )
+    shift = torch.full_like(labels, IGNORE_INDEX)
+    shift[:, :-1] = labels[:, 1:]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": positions,
+        "labels": labels,
+        "shift_labels": shift,
+        SAMPLED: torch.tensor(True),
+    }

@@ -27,12 +27,14 @@ def run_eval(
     baselines: dict[str, str] | None = None,
     roles: dict[str, str] | None = None,
     speed_budget_s: float = 30.0,
+    own_samples: dict | None = None,
 ) -> dict:
     """Evaluate the teacher and ``specs`` side by side and write ``out``.
 
     Causal LMs (bundled names, .gguf, HF folders) on held-out text; trained classifier
     folders (``classifier.json``) on the Fashion-MNIST test split (``--data fashion-mnist``).
-    ``baselines``: student -> the baseline it is compared with; ``roles``: name -> role.
+    ``baselines``: student -> the baseline it is compared with; ``roles``: name -> role;
+    ``own_samples``: settings of the metrics on each LM's own samples (None: skipped).
     """
     if "teacher" in specs:
         raise InputError("--model teacher=... is reserved; name the teacher with --teacher")
@@ -68,6 +70,7 @@ def run_eval(
         out,
         setup,
         speed_budget_s,
+        own_samples,
     )
 
 
@@ -135,6 +138,7 @@ def _run_eval_lms(
     out: Path,
     setup: EvalSetup,
     speed_budget_s: float = 30.0,
+    own_samples: dict | None = None,
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
@@ -170,6 +174,7 @@ def _run_eval_lms(
         tokenizers=toks,
         window=block_size,
         speed_budget_s=speed_budget_s,
+        own_samples=own_samples,
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]

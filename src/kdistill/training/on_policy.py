@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kdistill.models.sampling import sample_continuations
+from kdistill.models.sampling import SAMPLED, sample_continuations, sampled_batch
 
 IGNORE_INDEX = -100
-SAMPLED = "sampled_by_student"  # batch key: () bool, the micro-batch is prompt + own sample
+__all__ = ["SAMPLED", "OnPolicy", "is_on_policy", "on_policy_batch", "prompts_of"]
 
 
 @dataclass(frozen=True)
@@ -74,54 +74,6 @@ def prompts_of(batch: dict, prompt_tokens: int) -> list[torch.Tensor]:
             first = min(prompt_tokens, max(n - 1, 1))
         out.append(ids[r, :first])
     return out
-
-
-def sampled_batch(
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    new_tokens: torch.Tensor,
-    eos_ids: tuple[int, ...] = (),
-) -> dict:
-    """The training micro-batch for prompt + sample.
-
-    Args:
-        prompt_ids, prompt_mask: ``(B, P)`` left-padded prompts.
-        new_tokens: ``(B, N)`` sampled tokens; a row ends at its first EOS (which is kept as
-            a target), everything after it is padding.
-
-    Returns ``input_ids``, ``attention_mask``, ``position_ids`` (count of real tokens
-    before each position), ``labels`` (-100 on prompt and padding), ``shift_labels`` (the
-    target of each position's logits) and :data:`SAMPLED`.
-    """
-    b, n = new_tokens.shape
-    keep = torch.ones((b, n), dtype=torch.long)
-    if eos_ids and n:
-        is_eos = torch.zeros_like(new_tokens, dtype=torch.bool)
-        for e in eos_ids:
-            is_eos |= new_tokens == e
-        # positions strictly after the first EOS are padding
-        after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-        keep = (~after).long()
-    ids = torch.cat([prompt_ids, new_tokens], dim=1)
-    mask = torch.cat([prompt_mask.long(), keep], dim=1)
-    labels = torch.cat(
-        [
-            torch.full_like(prompt_ids, IGNORE_INDEX),
-            torch.where(keep.bool(), new_tokens, torch.full_like(new_tokens, IGNORE_INDEX)),
-        ],
-        dim=1,
-    )
-    shift = torch.full_like(labels, IGNORE_INDEX)
-    shift[:, :-1] = labels[:, 1:]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": positions,
-        "labels": labels,
-        "shift_labels": shift,
-        SAMPLED: torch.tensor(True),
-    }
 
 
 def on_policy_batch(
