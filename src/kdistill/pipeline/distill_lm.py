@@ -167,6 +167,8 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
             "train_blocks": len(train_ds),
+            # targets the student was updated on by this process (sampled tokens on-policy)
+            "target_tokens": trainer.targets_seen,
             "block_size": cfg.data.block_size,
             "baseline": builders.no_teacher(cfg),
             "teacher_kind": cfg.teacher.kind,

@@ -199,6 +199,7 @@ class KDTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.on_policy = on_policy
         self._sampled_now = False
+        self.targets_seen = 0  # valid targets this process trained on (all micro-batches)
         config = getattr(self.model, "config", None)
         eos = eos_token_ids or getattr(config, "eos_token_id", None) or ()
         self.eos_token_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
@@ -410,6 +411,7 @@ class KDTrainer(Trainer):
 
     def _record(self, model, sums, knobs, inputs, labels, terms=None) -> None:
         if model.training:
+            self.targets_seen += int(sums.count)
             n_tok = (
                 int(inputs["attention_mask"].sum())
                 if "attention_mask" in inputs
