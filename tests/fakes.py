@@ -161,3 +161,73 @@ class FaultProxy(_Served):
                 send_json(self, resp.status, resp.read())
 
         self._start(Handler)
+
+
+class FakeScoringServer(_Served):
+    """``/v1/completions`` scoring with a real (tiny) model's top-k, in one of two layouts:
+
+    ``vllm``: takes token ids; ``prompt_logprobs`` entry ``i`` (keyed by id) is the
+    distribution that predicted token ``i``. ``llama_cpp``: refuses a token-id prompt with
+    HTTP 500 (as llama-cpp-python 0.3.36 does), tokenises the text, and returns ``echo``
+    entries where entry ``i`` is the distribution *at* position ``i`` keyed by token text,
+    ``token_logprobs[i]`` read from that same row, entry 0 null. ``short``: returns entries
+    for the generated token only (a server that cannot score prompts).
+    """
+
+    def __init__(self, model, tokenizer, layout: str):
+        import torch
+
+        self.requests = 0
+        outer = self
+
+        def logprobs(ids):
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([ids])).logits[0]
+            return torch.log_softmax(out.float()[:, : len(tokenizer)], dim=-1)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests += 1
+                prompt, k = body["prompt"], int(body["logprobs"])
+                if layout == "vllm":
+                    ids = prompt if isinstance(prompt, list) else tokenizer(prompt)["input_ids"]
+                    lp = logprobs(ids)
+                    entries = [None]
+                    for i in range(1, len(ids)):
+                        top = torch.topk(lp[i - 1], k)
+                        d = {str(int(j)): {"logprob": float(v)} for v, j in zip(*top)}
+                        d[str(ids[i])] = {"logprob": float(lp[i - 1, ids[i]])}
+                        entries.append(d)
+                    return self._send(200, {"choices": [{"text": "", "prompt_logprobs": entries}]})
+                if isinstance(prompt, list):
+                    return self._send(500, {"error": {"message": "prompt must be a string"}})
+                ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                lp = logprobs(ids)
+                pieces = [tokenizer.decode([i]) for i in ids]
+                tops, token_lps = [None], [None]
+                for i in range(1, len(ids)):
+                    top = torch.topk(lp[i], k)
+                    d = {tokenizer.decode([int(j)]): float(v) for v, j in zip(*top)}
+                    d[pieces[i]] = float(lp[i, ids[i]])  # the server's one-off read
+                    tops.append(d)
+                    token_lps.append(float(lp[i, ids[i]]))
+                if layout == "short":
+                    pieces, tops, token_lps = pieces[-1:], tops[-1:], token_lps[-1:]
+                choice = {
+                    "text": prompt,
+                    "logprobs": {
+                        "tokens": pieces,
+                        "token_logprobs": token_lps,
+                        "top_logprobs": tops,
+                    },
+                }
+                self._send(200, {"choices": [choice]})
+
+            def _send(self, code, payload):
+                send_json(self, code, json.dumps(payload).encode())
+
+        self._start(Handler)

@@ -87,7 +87,8 @@ class TeacherSpec(Strict):
         "model",
         description="model: the teacher runs beside the student | store: sparse targets "
         "from `kdistill cache` (teacher.path) | recorded: top logprobs stored with the "
-        "generations in data.source | none: no teacher (the same-size baseline)",
+        "generations in data.source | served: a server scores the text (teacher.base_url) "
+        "| none: no teacher (the same-size baseline)",
     )
     model: str | None = Field(
         "smollm2-135m",
@@ -120,12 +121,32 @@ class NoTeacherSpec(TeacherSpec):
     kind: Literal["none"] = "none"
 
 
+class ServedTeacherSpec(TeacherSpec):
+    """A teacher behind an OpenAI-compatible server that scores text (vLLM, SGLang,
+    llama-cpp-python with --logits_all true): top-k log-probs of every prompt position."""
+
+    kind: Literal["served"] = "served"
+    base_url: str = Field(description="the server, e.g. http://127.0.0.1:8000")
+    served_model: str = Field("teacher", description="model name sent to the server")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
+    top_k: int = Field(20, ge=1, le=100, description="log-probs per position")
+    send: Literal["auto", "ids", "text"] = Field(
+        "auto",
+        description="prompts as token ids or text (auto: ids, text if the server refuses)",
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight")
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts")
+
+
 # teacher.kind -> its settings; register_teacher_spec adds kinds (also from outside kdistill)
 TEACHER_SPECS: dict[str, type[TeacherSpec]] = {
     "model": ModelTeacherSpec,
     "store": StoreTeacherSpec,
     "recorded": RecordedTeacherSpec,
     "none": NoTeacherSpec,
+    "served": ServedTeacherSpec,
 }
 
 

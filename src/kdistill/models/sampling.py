@@ -52,6 +52,7 @@ def sample_continuations(
         max_new_tokens=max_new_tokens,
         pad_token_id=pad_id,
         eos_token_id=list(eos_ids) or None,
+        use_cache=True,
     )
     was_training = model.training
     model.eval()
@@ -59,9 +60,7 @@ def sample_continuations(
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=config, use_cache=True
-            )
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     finally:
         model.train(was_training)
     return ids, mask, out[:, ids.shape[1] :]

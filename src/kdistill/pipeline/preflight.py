@@ -89,10 +89,11 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
             f"distill.terms ({names}) read the teacher's hidden states: they need "
             f"teacher.kind=model, not {kind}"
         )
-    if cfg.distill.on_policy is not None and kind not in ("model", "none"):
+    if cfg.distill.on_policy is not None and kind not in ("model", "served", "none"):
         raise InputError(
             f"distill.on_policy: the teacher must score the student's new samples, which a "
-            f"{kind} teacher cannot; use teacher.kind=model or remove distill.on_policy"
+            f"{kind} teacher cannot; use teacher.kind=model or served, or remove "
+            "distill.on_policy"
         )
     if cfg.distill.on_policy is not None and cfg.distill.on_policy.prompt_tokens >= (
         cfg.data.block_size

@@ -47,6 +47,8 @@ class TeacherSignal:
         sparse: a :class:`SparseSignal` of shape ``(B, L, K)`` (store, recorded log-probs),
             made at its own temperature; row ``p`` targets the logits at position ``p``.
         layers: ``{k: (B, L, H)}`` hidden states asked for in ``want.layers``.
+        valid: ``(B, L)`` bool, the positions the teacher gave a target for (a served scorer
+            may miss some); None: all. The loss skips the others.
     """
 
     logits: torch.Tensor | None = None
@@ -55,6 +57,7 @@ class TeacherSignal:
     head_bias: torch.Tensor | None = None
     sparse: SparseSignal | None = None
     layers: dict[int, torch.Tensor] = field(default_factory=dict)
+    valid: torch.Tensor | None = None
 
 
 @runtime_checkable

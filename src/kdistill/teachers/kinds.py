@@ -1,5 +1,5 @@
 """The built-in teacher kinds, registered by name: ``model``, ``store``, ``recorded``,
-``none`` (see :mod:`kdistill.teachers.base`), and :func:`build_teacher`."""
+``served``, ``none`` (see :mod:`kdistill.teachers.base`), and :func:`build_teacher`."""
 
 from __future__ import annotations
 
@@ -36,11 +36,38 @@ def _recorded(settings: dict, *, dataset, vocab_size: int, **_) -> RecordedTeach
     return RecordedTeacher(store, vocab_size)
 
 
+def _served(settings: dict, *, tokenizer, vocab_size: int, **_):
+    """A server scoring each micro-batch's text (see :mod:`kdistill.teachers.scorer`)."""
+    import os
+
+    from kdistill.teachers.scorer import ServedScorer
+    from kdistill.teachers.served import OpenAICompatibleTeacher
+
+    client = OpenAICompatibleTeacher(
+        settings["base_url"],
+        settings["served_model"],
+        api_key=os.environ.get(settings["api_key_env"]),
+        mode="completions",
+        timeout_s=settings["timeout_s"],
+        max_retries=settings["max_retries"],
+        max_concurrency=settings["max_concurrency"],
+    )
+    return ServedScorer(
+        client,
+        tokenizer,
+        vocab_size=vocab_size,
+        top_k=settings["top_k"],
+        send=settings["send"],
+        extra_body=settings["extra_body"],
+    )
+
+
 register_teacher_kind(
     "model", lambda settings, *, model, **_: ModelTeacher(model), needs_model=True
 )
 register_teacher_kind("store", _store)
 register_teacher_kind("recorded", _recorded)
+register_teacher_kind("served", _served)
 
 
 def build_teacher(kind: str, settings: dict, **context) -> Teacher:

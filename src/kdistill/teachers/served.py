@@ -122,6 +122,14 @@ class OpenAICompatibleTeacher:
             ) from exc
         raise AssertionError("unreachable")
 
+    async def post(self, path: str, body: dict) -> dict:
+        """``body`` to ``path``, with the retries and rate limit; the parsed JSON reply."""
+        return await self._post(path, body)
+
+    async def post_once(self, path: str, body: dict) -> dict:
+        """One attempt, no retry (raises on any failure): for probing what a server takes."""
+        return await self._post_once(path, body)
+
     async def generate(self, prompt, sample: int, params: dict) -> dict:
         """One completion for ``(prompt, sample)``: text, total log-prob, top logprobs, usage."""
         body = {

@@ -274,6 +274,7 @@ class KDTrainer(Trainer):
         teacher_logits = None
         want = Want("logits", layers=self._teacher_layers)
         sig = self.teacher.signal(ask, want=want) if ask is not None else None
+        labels = _scored_only(labels, sig)
         if sig is not None and sig.sparse is not None:
             # sparse targets (a store, recorded log-probs), made at their own temperature
             s = sig.sparse
@@ -327,6 +328,7 @@ class KDTrainer(Trainer):
         teacher, t_weight, t_bias = None, None, None
         want = Want("hidden", layers=self._teacher_layers)
         sig = self.teacher.signal(ask, want=want) if ask is not None else None
+        labels = _scored_only(labels, sig)
         soft_sig = sig if knobs.soft_weight > 0 else None
         if soft_sig is not None and sig.sparse is not None:
             s = sig.sparse
@@ -502,6 +504,14 @@ def apply_learning_rate(optimizer, scheduler, peak_lr: float) -> None:
         scheduler.base_lrs = [peak_lr for _ in base]
     if hasattr(scheduler, "_last_lr"):
         scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _scored_only(labels: torch.Tensor, sig) -> torch.Tensor:
+    """``labels`` with -100 where the teacher gave no target (``sig.valid``); such positions
+    were counted in the step's global count, so they weigh as zeros, not as missing."""
+    if sig is None or sig.valid is None:
+        return labels
+    return labels.masked_fill(~sig.valid.to(labels.device), -100)
 
 
 def _supports_chunking(model) -> bool:
