@@ -238,6 +238,13 @@ class OnPolicySpec(Strict):
     divergence: Divergence = Field(
         "reverse_kl", description="per-token divergence on the student's own tokens"
     )
+    estimator: Literal["exact", "sampled"] = Field(
+        "exact",
+        description="exact: the divergence over the vocabulary (or a server's top-k + tail) "
+        "| sampled: the sampled-token reverse-KL estimator (needs only the teacher's "
+        "log-prob of each sampled token)",
+    )
+    min_new_tokens: int = Field(0, ge=0, description="sample at least this many tokens")
 
 
 class DistillSpec(Strict):

@@ -30,6 +30,7 @@ def sample_continuations(
     max_new_tokens: int,
     sampling_temperature: float = 1.0,
     top_p: float = 1.0,
+    min_new_tokens: int = 0,
     pad_id: int,
     eos_ids: tuple[int, ...],
     seed: int = 0,
@@ -50,6 +51,7 @@ def sample_continuations(
         top_p=top_p if not greedy else None,
         top_k=0,  # sample from the whole distribution (HF's default would be 50)
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or None,
         pad_token_id=pad_id,
         eos_token_id=list(eos_ids) or None,
         use_cache=True,

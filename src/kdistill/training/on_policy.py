@@ -34,6 +34,9 @@ class OnPolicy:
     the block's first ``prompt_tokens`` tokens; rows whose labels mask a prefix (chat
     ``messages``, a ``prompt`` column) use that prefix.
     ``divergence``: the per-token divergence on sampled tokens (reverse KL by default).
+    ``estimator``: ``exact`` (the divergence over the vocabulary, or over the top-k + tail of
+    a sparse teacher) or ``sampled`` (the sampled-token reverse-KL estimator, which needs only
+    the teacher's log-prob of each sampled token).
     """
 
     fraction: float = 1.0
@@ -42,6 +45,8 @@ class OnPolicy:
     top_p: float = 1.0
     prompt_tokens: int = 64
     divergence: str = "reverse_kl"
+    estimator: str = "exact"
+    min_new_tokens: int = 0
     seed: int = 0
 
 
@@ -96,6 +101,7 @@ def on_policy_batch(
         max_new_tokens=settings.max_new_tokens,
         sampling_temperature=settings.sampling_temperature,
         top_p=settings.top_p,
+        min_new_tokens=settings.min_new_tokens,
         pad_id=pad_id,
         eos_ids=eos_ids,
         seed=seed,

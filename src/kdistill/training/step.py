@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.errors import KdistillError
+from kdistill.losses.divergences import reverse_kl
 from kdistill.losses.objective import KDSums, kd_sums
+from kdistill.losses.policy_gradient import sampled_reverse_kl
+from kdistill.losses.sparse import student_buckets, teacher_buckets
 from kdistill.schedules import Schedule, as_schedule
 from kdistill.signals import DenseSignal, SparseSignal
 
@@ -117,6 +120,40 @@ def kd_step_sums(
         ignore_index=ignore_index,
         compute_hard=knobs.hard_weight != 0,
     )
+
+
+def sampled_token_sums(
+    student_logits: torch.Tensor,
+    teacher,
+    labels: torch.Tensor,
+    *,
+    vocab_size: int | None = None,
+    ignore_index: int = -100,
+) -> KDSums:
+    """The sampled-token reverse-KL estimator (:mod:`kdistill.losses.policy_gradient`) on
+    the student's own tokens ``labels`` ``(...)``; hard term 0.
+
+    ``teacher``: dense logits ``(..., V)`` (exact token log-probs; baseline = the exact
+    reverse KL) or a :class:`SparseSignal` (the token's log-prob where the teacher returned
+    it, else the position has no target; baseline = the reverse KL over top-k + tail).
+    """
+    s = _slice_vocab(student_logits, vocab_size).float()
+    valid = labels != ignore_index
+    y = torch.where(valid, labels, torch.zeros_like(labels)).long().unsqueeze(-1)
+    s_logp = torch.log_softmax(s, dim=-1)
+    s_tok = s_logp.gather(-1, y).squeeze(-1)
+    with torch.no_grad():
+        if isinstance(teacher, SparseSignal):
+            hit = teacher.ids == y
+            lp = torch.where(hit, teacher.logprobs.float(), float("-inf"))
+            t_tok = lp.max(dim=-1).values
+            baseline = reverse_kl(teacher_buckets(teacher), student_buckets(s_logp, teacher.ids))
+        else:
+            t_logp = torch.log_softmax(_slice_vocab(teacher, vocab_size).float(), dim=-1)
+            t_tok = t_logp.gather(-1, y).squeeze(-1)
+            baseline = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    per = sampled_reverse_kl(s_tok, t_tok, torch.nan_to_num(baseline, posinf=0.0), valid)
+    return KDSums(per.sum(), 0.0 * s.sum(), valid.sum())
 
 
 def check_loss_finite(loss: torch.Tensor, step: int) -> None:

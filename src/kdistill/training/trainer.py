@@ -31,6 +31,7 @@ from kdistill.training.step import (
     check_loss_finite,
     check_teacher_finite,
     kd_step_sums,
+    sampled_token_sums,
 )
 from kdistill.training.terms import TERM_STATE_FILE, TermSlot, load_term_state, term_state
 
@@ -243,14 +244,17 @@ class KDTrainer(Trainer):
         knobs = self.schedules.at(step, max(self.state.max_steps, 1))
         divergence = self.divergence
         self._sampled_now = bool(inputs.pop(SAMPLED, False))
+        estimate = False
         if self._sampled_now:
             # the student's own tokens: the on-policy divergence only, no CE on own samples
             knobs = replace(knobs, hard_weight=0.0)
             divergence = self.on_policy.divergence if self.on_policy else divergence
+            estimate = self.on_policy is not None and self.on_policy.estimator == "sampled"
         # chunk only when there is more than one chunk: a single chunk saves no memory and
         # only adds the custom backward (benchmarks/README.md: 0.78x at N = chunk = 1,024)
         chunked = (
-            self.loss_chunk_size
+            not estimate  # the sampled-token estimator reads full logits (of short samples)
+            and self.loss_chunk_size
             and labels.numel() > self.loss_chunk_size
             and _supports_chunking(self.accelerator.unwrap_model(model))
         )
@@ -286,15 +290,18 @@ class KDTrainer(Trainer):
         elif sig is not None:
             teacher_logits = sig.logits
             check_teacher_finite(teacher_logits, step)
-        sums = kd_step_sums(
-            logits,
-            teacher_logits,
-            labels,
-            knobs,
-            divergence=divergence,
-            skew_alpha=self.skew_alpha,
-            vocab_size=self.kd_vocab_size,
-        )
+        if estimate and teacher_logits is not None:
+            sums = sampled_token_sums(logits, teacher_logits, labels, vocab_size=self.kd_vocab_size)
+        else:
+            sums = kd_step_sums(
+                logits,
+                teacher_logits,
+                labels,
+                knobs,
+                divergence=divergence,
+                skew_alpha=self.skew_alpha,
+                vocab_size=self.kd_vocab_size,
+            )
         terms = self._term_sums(outputs, sig, labels, step)
         loss = combine(
             sums,
