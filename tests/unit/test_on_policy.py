@@ -46,6 +46,10 @@ def test_prompts_are_the_masked_prefix_or_the_first_block_tokens():
     mask[1, 2:] = 0
     got = prompts_of({"input_ids": ids, "labels": labels, "attention_mask": mask}, 3)
     assert got[1].tolist() == [14]
+    # a row whose labels are all masked is a prompt on its own
+    labels[1] = -100
+    got = prompts_of({"input_ids": ids, "labels": labels, "attention_mask": mask}, 3)
+    assert got[1].tolist() == [14, 15]
 
 
 def test_micro_batch_choice_is_a_seeded_function_of_step_rank_and_micro_batch():

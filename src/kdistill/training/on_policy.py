@@ -67,16 +67,20 @@ def is_on_policy(settings: OnPolicy, step: int, rank: int, micro: int) -> bool:
 
 def prompts_of(batch: dict, prompt_tokens: int) -> list[torch.Tensor]:
     """Each row's prompt ``(P_i,)``: its label-masked prefix if it has one (chat, prompt
-    column), else its first ``prompt_tokens`` tokens (at most all but one of them)."""
+    column), the whole row if every label is masked (prompts only), else its first
+    ``prompt_tokens`` tokens (at most all but one of them)."""
     ids, labels = batch["input_ids"], batch["labels"]
     mask = batch.get("attention_mask")
     out = []
     for r in range(ids.shape[0]):
         n = int(mask[r].sum()) if mask is not None else ids.shape[1]
         valid = (labels[r, :n] != IGNORE_INDEX).nonzero()
-        first = int(valid[0]) if len(valid) else n
-        if first == 0 or first >= n:
-            first = min(prompt_tokens, max(n - 1, 1))
+        if not len(valid):
+            first = n  # a prompt-only row
+        elif int(valid[0]) == 0:
+            first = min(prompt_tokens, max(n - 1, 1))  # a text block: its first tokens
+        else:
+            first = int(valid[0])  # the masked prefix
         out.append(ids[r, :first])
     return out
 
