@@ -84,9 +84,12 @@ def run_trl(teacher, tok, rows, steps, batch, new, out):
     import datasets
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    hf_ds = datasets.Dataset.from_dict(
-        {k: [r[k].tolist() for r in rows] for k in ("input_ids", "labels")}
-    ).with_format("torch")
+    # GKDTrainer divides the on-policy loss by the valid labels of the batch it was *given*
+    # (Trainer counts them before its training_step swaps in the samples): prompt-only rows
+    # (all labels masked) make that 0 and the first step NaN, so TRL gets the prompt tokens
+    # as labels (a different scale of its loss, not of its speed)
+    ids = [r["input_ids"].tolist() for r in rows]
+    hf_ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}).with_format("torch")
     student = build_student_from_teacher(teacher, seed=0, every=3)
     timer = StepTimer()
     cfg = GKDConfig(
