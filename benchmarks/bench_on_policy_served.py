@@ -58,10 +58,11 @@ def serve(model: Path, log: Path):
 
 
 def main() -> None:
+    from tests.real.gguf_f32 import dequantised_copy
+
     from kdistill.models.bundled import bundled_gguf_path
     from kdistill.models.loading import load_causal_lm
     from kdistill.models.student import build_student_from_teacher
-    from tests.real.gguf_f32 import dequantised_copy
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=20)
