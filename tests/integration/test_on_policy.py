@@ -6,6 +6,7 @@ text is refused before any model loads."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,39 @@ def test_a_teacher_that_cannot_score_new_samples_is_refused(
     )
     assert "prompt_tokens" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_two_process_on_policy_run_each_rank_samples_its_own(
+    tiny_teacher_dir, tiny_text_file, tmp_path
+):
+    """torchrun, 2 CPU processes: every micro-batch on-policy, each rank sampling from its
+    own prompts with its own seed; the global count of sampled targets reaches the loss."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.integration.test_training import DDP_SCRIPT, REPO
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "two"
+    extra = {
+        "distill.on_policy": "{fraction: 1.0, max_new_tokens: 4, prompt_tokens: 4}",
+        "training.max_steps": 2,
+        "training.save_steps": 2,
+        "training.per_device_batch_size": 2,
+    }
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    argv = [torchrun, "--standalone", "--nproc_per_node", "2", str(script), DEMO]
+    argv += tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **extra)
+    proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(x) for x in (out / "kd_log.jsonl").read_text().splitlines()]
+    assert [r["on_policy_share"] for r in log] == [1.0, 1.0]
+    assert all(r["sample_length"] == 4.0 and r["soft_loss"] > 0 for r in log)
+    blocks = json.loads((out / "train_summary.json").read_text())["train_blocks"]
+    # a real 2-rank run: each rank's loader holds half the blocks, 2 rows a step
+    per_rank_steps = math.ceil(math.ceil(blocks / 2) / 2)
+    assert log[0]["epoch"] == pytest.approx(1 / per_rank_steps, rel=1e-3)
+    assert (out / "model" / "model.safetensors").is_file()

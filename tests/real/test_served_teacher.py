@@ -277,7 +277,7 @@ def test_served_scorer_f32_gives_the_local_teachers_log_probs_on_student_samples
 ):
     """The student samples; the F32 server scores prompt + sample (text in, echoed tokens
     checked); its top-k log-probs equal the local teacher's within 1e-2 nats; then two
-    on-policy steps learn from the server with no teacher in the training process."""
+    on-policy step learns from the server with no teacher in the training process."""
     from transformers import TrainingArguments
 
     from kdistill.models.sampling import sample_continuations, sampled_batch
@@ -318,7 +318,7 @@ def test_served_scorer_f32_gives_the_local_teachers_log_probs_on_student_samples
     # otherwise (" or" "tun" "ate"): those rows lose their targets from there (measured 79%)
     assert share >= 0.5 and float(diff.max()) < 1e-2
     args = TrainingArguments(
-        output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none", max_steps=2,
+        output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none", max_steps=1,
         per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True,
         remove_unused_columns=False, learning_rate=1e-4,
     )  # fmt: skip
@@ -330,7 +330,7 @@ def test_served_scorer_f32_gives_the_local_teachers_log_probs_on_student_samples
         model=student, args=args, train_dataset=rows, teacher=scorer,
         data_collator=CausalCollator(tok.pad_token_id), vocab_size=len(tok),
         schedules=KDSchedules.build(1.0, 1.0, 0.0),
-        on_policy=OnPolicy(max_new_tokens=16, prompt_tokens=8), pad_token_id=tok.pad_token_id,
+        on_policy=OnPolicy(max_new_tokens=8, prompt_tokens=8), pad_token_id=tok.pad_token_id,
         eos_token_ids=eos,
     )  # fmt: skip
     trainer.train()
