@@ -276,7 +276,7 @@ def test_served_scorer_f32_gives_the_local_teachers_log_probs_on_student_samples
     llama_server_f32, real_teacher, tmp_path
 ):
     """The student samples; the F32 server scores prompt + sample (text in, echoed tokens
-    checked); its top-k log-probs equal the local teacher's within 1e-2 nats; then two
+    checked); its top-k log-probs equal the local teacher's within 1e-2 nats; then one
     on-policy step learns from the server with no teacher in the training process."""
     from transformers import TrainingArguments
 
