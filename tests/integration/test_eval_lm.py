@@ -130,6 +130,11 @@ def test_eval_cli_writes_results_for_each_model(tiny_teacher_dir, tiny_text_file
         assert res["copy"][key] == pytest.approx(res["teacher"][key], rel=1e-6)
     assert res["copy"]["own_reverse_kl"] == pytest.approx(0.0, abs=1e-6)
     assert res["teacher"]["own_greedy_agreement"] == 1.0
+    from kdistill.report import render_report
+
+    md = render_report([out], tmp_path / "rep")[1].read_text()
+    assert "On each model's own samples (prompts 3, max_new_tokens 6" in md
+    assert "| teacher | 0.000 | 100.0% |" in md and "| copy | 0.000 |" in md
     assert res["copy"]["own_sample_settings"] == {
         "prompts": 3,
         "prompt_tokens": 4,

@@ -216,6 +216,31 @@ def table(
     return head, rows
 
 
+OWN_SAMPLE_COLUMNS = (
+    ("own_reverse_kl", "teacher's reverse KL", ".3f"),
+    ("own_greedy_agreement", "greedy agreement", ".1%"),
+    ("own_entropy", "entropy (nats)", ".2f"),
+    ("own_distinct2", "distinct-2", ".3f"),
+    ("own_length", "sample length", ".1f"),
+)
+
+
+def own_samples_table(models: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The models' own-sample figures (``kdistill eval --own-samples``), or None."""
+    named = {n: r for n, r in models.items() if _num(r.get("own_reverse_kl")) is not None}
+    if not named:
+        return None
+    head = ["model", *(title for _, title, _ in OWN_SAMPLE_COLUMNS)]
+    rows = []
+    for name, r in named.items():
+        cells = []
+        for key, _, spec in OWN_SAMPLE_COLUMNS:
+            v = _num(r.get(key))
+            cells.append("-" if v is None else format(v, spec))
+        rows.append([name, *cells])
+    return head, rows
+
+
 def retention_of(
     models: dict, lm: bool, derived: dict | None = None, setup: EvalSetup | None = None
 ) -> dict[str, float]:
@@ -413,6 +438,22 @@ def render_report(
     notes = _notes(meta.get("timings", {}), len({str(p) for p in sources.values()}))
     table_html = f"<table><tr>{_cells('th', head)}</tr>"
     table_html += "".join(f"<tr>{_cells('td', r)}</tr>" for r in rows) + "</table>"
+    own = own_samples_table(models)
+    own_md: list[str] = []
+    if own is not None:
+        settings = next(
+            (r["own_sample_settings"] for r in models.values() if "own_sample_settings" in r),
+            {},
+        )
+        about = (
+            "On each model's own samples ("
+            + ", ".join(f"{k} {v}" for k, v in settings.items())
+            + ")"
+        )
+        table_html += f"<h2>{_text(about)}</h2><table><tr>{_cells('th', own[0])}</tr>"
+        table_html += "".join(f"<tr>{_cells('td', r)}</tr>" for r in own[1]) + "</table>"
+        own_md = ["", f"## {about}", "", _md_row(own[0]), "|" + "---|" * len(own[0])]
+        own_md += [_md_row(r) for r in own[1]]
     imgs = "".join(
         f'<h2>{_text(title)}</h2><img alt="{html.escape(title)}" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
@@ -427,7 +468,7 @@ def render_report(
         + "</body></html>\n"
     )
     md = ["# kdistill report card", "", text, "", _md_row(head), "|" + "---|" * len(head)]
-    md += [_md_row(r) for r in rows] + [""]
+    md += [_md_row(r) for r in rows] + own_md + [""]
     md += [f"![{title}](plots/{stem}.png)" for stem, title, _ in figs] + [""] + notes + [""]
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
     atomic_write_text(html_path, page)
