@@ -119,7 +119,6 @@ class _TRLCollator:
 
 def run_trl(teacher, tok, train_ds, steps: int, batch: int, out: Path):
     import datasets
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     # TRL wants a datasets.Dataset: the very same token blocks, as torch tensors
     rows = [train_ds[i] for i in range(len(train_ds))]
@@ -128,26 +127,34 @@ def run_trl(teacher, tok, train_ds, steps: int, batch: int, out: Path):
     ).with_format("torch")
     student = build_student_from_teacher(teacher, seed=0, every=3)
     timer = StepTimer()
+    trainer = gkd_trainer(
+        teacher, tok, student, hf_ds, _TRLCollator(tok.pad_token_id), timer, out, steps, batch,
+        lmbda=0.0, beta=0.0, max_length=BLOCK,
+    )  # fmt: skip
+    out = trainer.train()
+    return timer.times, trl_version(), out.training_loss
+
+
+def gkd_trainer(teacher, tok, student, hf_ds, collator, timer, out, steps, batch, **gkd):
+    """TRL's GKDTrainer with the shared matched settings (T = 1, no seq_kd) and ``gkd``."""
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
     cfg = GKDConfig(
         **_args(out / "trl", steps, batch),
-        lmbda=0.0,
-        beta=0.0,
         temperature=1.0,
         seq_kd=False,
-        max_length=BLOCK,
         remove_unused_columns=False,
+        **gkd,
     )
-    trainer = GKDTrainer(
+    return GKDTrainer(
         model=student,
         teacher_model=teacher,
         args=cfg,
         train_dataset=hf_ds,
-        data_collator=_TRLCollator(tok.pad_token_id),
+        data_collator=collator,
         processing_class=tok,
         callbacks=[timer],
     )
-    out = trainer.train()
-    return timer.times, trl_version(), out.training_loss
 
 
 def trl_version() -> str:

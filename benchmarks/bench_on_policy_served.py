@@ -21,12 +21,13 @@ from pathlib import Path
 
 import httpx
 
+from bench_on_policy_arms import OWN
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 CONFIG = REPO / "src/kdistill/configs/on_policy.yaml"
 KDISTILL = str(Path(sys.executable).with_name("kdistill"))
-OWN = ["--own-samples", "8", "--own-max-new-tokens", "64", "--own-prompt-tokens", "64"]
 KEYS = (
     "perplexity",
     "own_reverse_kl",

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from bench_kd_step import StepTimer, _args, trl_version
+from bench_kd_step import StepTimer, _args, gkd_trainer, trl_version
 from kdistill.data.lm import CausalCollator, build_lm_datasets
 from kdistill.models.loading import load_causal_lm
 from kdistill.models.student import build_student_from_teacher
@@ -82,7 +82,6 @@ class _PromptCollator:
 
 def run_trl(teacher, tok, rows, steps, batch, new, out):
     import datasets
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     # GKDTrainer divides the on-policy loss by the valid labels of the batch it was *given*
     # (Trainer counts them before its training_step swaps in the samples): prompt-only rows
@@ -92,25 +91,10 @@ def run_trl(teacher, tok, rows, steps, batch, new, out):
     hf_ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}).with_format("torch")
     student = build_student_from_teacher(teacher, seed=0, every=3)
     timer = StepTimer()
-    cfg = GKDConfig(
-        **_args(out / "trl", steps, batch),
-        lmbda=1.0,
-        beta=1.0,
-        temperature=1.0,
-        max_new_tokens=new,
-        seq_kd=False,
-        max_length=PROMPT + new,
-        remove_unused_columns=False,
-    )
-    trainer = GKDTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=cfg,
-        train_dataset=hf_ds,
-        data_collator=_PromptCollator(tok.pad_token_id),
-        processing_class=tok,
-        callbacks=[timer],
-    )
+    trainer = gkd_trainer(
+        teacher, tok, student, hf_ds, _PromptCollator(tok.pad_token_id), timer, out, steps,
+        batch, lmbda=1.0, beta=1.0, max_new_tokens=new, max_length=PROMPT + new,
+    )  # fmt: skip
     trainer.generation_config.min_new_tokens = new  # exactly `new` tokens, as ours
     trainer.generation_kwargs["min_new_tokens"] = new
     trainer.train()

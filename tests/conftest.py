@@ -133,6 +133,40 @@ def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[st
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
+
+
+def distill_then_resume(teacher_dir: Path, data: Path, tmp_path: Path, extra: dict, kept: int):
+    """A tiny demo-config distillation run to the end in ``ref/``, and the same run as if
+    killed right after ``checkpoint-<kept>`` (a copy of ``ref`` without the final model, the
+    later checkpoints and log lines) resumed in ``run/``. Returns ``(ref, run)``."""
+    import shutil
+
+    from kdistill.cli.main import main
+
+    demo = str(Path(__file__).resolve().parents[1] / "src/kdistill/configs/demo.yaml")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(["distill", demo, *tiny_overrides(teacher_dir, data, ref, **extra)]) == 0
+    shutil.copytree(ref, run)
+    shutil.rmtree(run / "model")
+    for ckpt in (run / "checkpoints").glob("checkpoint-*"):
+        if int(ckpt.name.split("-")[1]) > kept:
+            shutil.rmtree(ckpt)
+    log = read_log(ref)
+    (run / "kd_log.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in log[:kept]))
+    assert main(["distill", demo, *tiny_overrides(teacher_dir, data, run, **extra)]) == 0
+    return ref, run
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """The two runs' final students are equal, bit for bit."""
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(d / "model/model.safetensors")) for d in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
 def make_word_tokenizer(texts: list[str]):
     """A tiny word-level tokenizer (V < 100) so tests can keep every id (k = V <= 255)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

@@ -4,8 +4,6 @@ bit-exact) and kept out of the student's model folder."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from kdistill.teachers.model import ModelTeacher
 from kdistill.training.step import KDSchedules
 from kdistill.training.terms import build_terms
 from kdistill.training.trainer import KDTrainer
-from tests.conftest import tiny_overrides
+from tests.conftest import distill_then_resume, read_log, same_weights, tiny_overrides
 from tests.unit.test_hidden import _naive
 
 pytestmark = pytest.mark.integration
@@ -83,12 +81,8 @@ def test_projections_are_learned_checkpointed_and_resume_bit_exactly(
         "training.max_steps": 4,
         "training.save_steps": 2,
     }
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    assert (
-        main(["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, ref, **extra)])
-        == 0
-    )
-    log = [json.loads(x) for x in (ref / "kd_log.jsonl").read_text().splitlines()]
+    ref, run = distill_then_resume(tiny_teacher_dir, tiny_text_file, tmp_path, extra, kept=2)
+    log = read_log(ref)
     assert all(r["hidden_loss"] > 0 for r in log)
     first = load_file(str(ref / "checkpoints/checkpoint-2/loss_terms.safetensors"))
     last = load_file(str(ref / "checkpoints/checkpoint-4/loss_terms.safetensors"))
@@ -97,17 +91,8 @@ def test_projections_are_learned_checkpointed_and_resume_bit_exactly(
     saved = load_file(str(ref / "model/model.safetensors"))
     assert not any(k.startswith(("hidden", "proj")) for k in saved)
     assert not any(v.shape == first["hidden.proj.0.weight"].shape for v in saved.values())
-    # the same run killed after checkpoint-2: resume gives the same weights, bit for bit
-    shutil.copytree(ref, run)
-    shutil.rmtree(run / "model")
-    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
-    argv = ["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, run, **extra)]
-    assert main(argv) == 0
-    a, b = (
-        load_file(str(run / "model/model.safetensors")),
-        load_file(str(ref / "model/model.safetensors")),
-    )
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    # the same run killed after checkpoint-2 resumes to the same weights, bit for bit
+    assert same_weights(run, ref)
     c = load_file(str(run / "checkpoints/checkpoint-4/loss_terms.safetensors"))
     assert torch.equal(c["hidden.proj.0.weight"], last["hidden.proj.0.weight"])
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from kdistill.cli.main import main
@@ -23,7 +22,13 @@ from kdistill.teachers.model import ModelTeacher
 from kdistill.training.on_policy import OnPolicy
 from kdistill.training.step import KDSchedules
 from kdistill.training.trainer import KDTrainer
-from tests.conftest import make_tiny_lm, tiny_overrides
+from tests.conftest import (
+    distill_then_resume,
+    make_tiny_lm,
+    read_log,
+    same_weights,
+    tiny_overrides,
+)
 
 pytestmark = pytest.mark.integration
 DEMO = str(Path(__file__).resolve().parents[2] / "src/kdistill/configs/demo.yaml")
@@ -93,28 +98,14 @@ def test_resume_samples_the_same_tokens_and_ends_with_the_same_weights(
         "training.max_steps": 4,
         "training.save_steps": 2,
     }
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    assert (
-        main(["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, ref, **extra)])
-        == 0
-    )
-    log = [json.loads(x) for x in (ref / "kd_log.jsonl").read_text().splitlines()]
+    ref, run = distill_then_resume(tiny_teacher_dir, tiny_text_file, tmp_path, extra, kept=2)
+    log = read_log(ref)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     shares = [r["on_policy_share"] for r in log]
     assert set(shares) <= {0.0, 0.5, 1.0} and 0 < sum(shares) < 4  # a mix of both kinds
     # the same run killed after checkpoint-2 resumes to the same weights, bit for bit
-    shutil.copytree(ref, run)
-    shutil.rmtree(run / "model")
-    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
-    (run / "kd_log.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in log[:2]))
-    assert (
-        main(["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, run, **extra)])
-        == 0
-    )
-    a = load_file(str(run / "model/model.safetensors"))
-    b = load_file(str(ref / "model/model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in b)
-    again = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
+    assert same_weights(run, ref)
+    again = read_log(run)
     keys = ("on_policy_share", "sample_length", "soft_loss")
     assert [{k: r[k] for k in keys} for r in again[2:]] == [
         {k: r[k] for k in keys} for r in log[2:]
