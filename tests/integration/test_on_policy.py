@@ -171,3 +171,34 @@ def test_two_process_on_policy_run_each_rank_samples_its_own(
     per_rank_steps = math.ceil(math.ceil(blocks / 2) / 2)
     assert log[0]["epoch"] == pytest.approx(1 / per_rank_steps, rel=1e-3)
     assert (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_forward_kl_share_mixes_the_two_divergences_on_sampled_tokens(
+    chunk, tiny_tokenizer, tmp_path
+):
+    from kdistill.models.sampling import sampled_batch
+
+    tok = tiny_tokenizer
+    teacher = make_tiny_lm(tok, seed=0)
+    student = make_tiny_lm(tok, layers=2, seed=1)
+    prompts = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    p_ids, p_mask, new = sample_continuations(
+        student, prompts, max_new_tokens=5, pad_id=tok.pad_token_id, eos_ids=(), seed=0
+    )
+    batch = sampled_batch(p_ids, p_mask, new, ())
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
+
+    def loss(divergence, share=0.0):
+        trainer = KDTrainer(
+            model=student, args=args, teacher=ModelTeacher(teacher), vocab_size=len(tok),
+            schedules=KDSchedules.build(1.0, 1.0, 0.3), loss_chunk_size=chunk,
+            on_policy=OnPolicy(divergence=divergence, forward_kl_share=share),
+        )  # fmt: skip
+        with torch.no_grad():
+            return float(trainer.compute_loss(student, dict(batch)))
+
+    rkl, fkl = loss("reverse_kl"), loss("forward_kl")
+    assert rkl > 0 and fkl > 0 and rkl != pytest.approx(fkl)
+    assert loss("reverse_kl", 0.25) == pytest.approx(0.75 * rkl + 0.25 * fkl, rel=1e-5)
+    assert loss("reverse_kl", 1.0) == pytest.approx(fkl, rel=1e-5)

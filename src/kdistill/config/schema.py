@@ -244,6 +244,13 @@ class OnPolicySpec(Strict):
         "| sampled: the sampled-token reverse-KL estimator (needs only the teacher's "
         "log-prob of each sampled token)",
     )
+    forward_kl_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="s in (1 - s) * divergence + s * forward KL on sampled tokens (against "
+        "entropy collapse on long samples)",
+    )
     min_new_tokens: int = Field(0, ge=0, description="sample at least this many tokens")
 
 

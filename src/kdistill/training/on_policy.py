@@ -37,6 +37,8 @@ class OnPolicy:
     ``estimator``: ``exact`` (the divergence over the vocabulary, or over the top-k + tail of
     a sparse teacher) or ``sampled`` (the sampled-token reverse-KL estimator, which needs only
     the teacher's log-prob of each sampled token).
+    ``forward_kl_share``: s in ``(1 - s) * D + s * forward KL`` on sampled tokens (long
+    samples can otherwise collapse the student's entropy).
     """
 
     fraction: float = 1.0
@@ -46,8 +48,15 @@ class OnPolicy:
     prompt_tokens: int = 64
     divergence: str = "reverse_kl"
     estimator: str = "exact"
+    forward_kl_share: float = 0.0
     min_new_tokens: int = 0
     seed: int = 0
+
+    def __post_init__(self):
+        if self.estimator not in ("exact", "sampled"):
+            raise ValueError(f"estimator must be exact or sampled, got {self.estimator!r}")
+        if not 0.0 <= self.forward_kl_share <= 1.0:
+            raise ValueError(f"forward_kl_share must be in [0, 1], got {self.forward_kl_share}")
 
 
 def _seed(*parts) -> int:

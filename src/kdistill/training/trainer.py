@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback
 
 from kdistill.errors import InputError
 from kdistill.losses.chunked import chunked_kd_loss
-from kdistill.losses.objective import combine, divide
+from kdistill.losses.objective import KDSums, combine, divide
 from kdistill.signals import SparseSignal
 from kdistill.teachers.base import EXAMPLE_INDEX, NoTeacher, Teacher, Want
 from kdistill.teachers.model import ModelTeacher
@@ -250,10 +250,11 @@ class KDTrainer(Trainer):
             knobs = replace(knobs, hard_weight=0.0)
             divergence = self.on_policy.divergence if self.on_policy else divergence
             estimate = self.on_policy is not None and self.on_policy.estimator == "sampled"
+        share = self.on_policy.forward_kl_share if self._sampled_now and self.on_policy else 0.0
         # chunk only when there is more than one chunk: a single chunk saves no memory and
         # only adds the custom backward (benchmarks/README.md: 0.78x at N = chunk = 1,024)
         chunked = (
-            not estimate  # the sampled-token estimator reads full logits (of short samples)
+            not (estimate or share)  # these read full logits (of short samples)
             and self.loss_chunk_size
             and labels.numel() > self.loss_chunk_size
             and _supports_chunking(self.accelerator.unwrap_model(model))
@@ -301,6 +302,11 @@ class KDTrainer(Trainer):
                 divergence=divergence,
                 skew_alpha=self.skew_alpha,
                 vocab_size=self.kd_vocab_size,
+            )
+        if share and teacher_logits is not None:  # keeps long samples from collapsing
+            fwd = kd_step_sums(logits, teacher_logits, labels, knobs, vocab_size=self.kd_vocab_size)
+            sums = KDSums(
+                (1 - share) * sums.soft_sum + share * fwd.soft_sum, sums.hard_sum, sums.count
             )
         terms = self._term_sums(outputs, sig, labels, step)
         loss = combine(
