@@ -100,9 +100,6 @@ def test_recorded_llama_cpp_reply_is_read_with_its_one_position_offset():
         def get(self, piece):
             return pieces.get(piece)
 
-        def text(self, i):
-            return next(p for p, j in pieces.items() if j == i)
-
     rows, dropped = parse_llama_cpp(rec["response"]["choices"][0], rec["ids"], Pieces())
     assert dropped == 0 and rows[0] is None and rows[-1] is None
     # "In the beginning" -> the row at position 2 predicts " of" (not " God", the token the

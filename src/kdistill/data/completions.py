@@ -25,17 +25,13 @@ class PieceMap:
 
     def __init__(self, tokenizer):
         seen: dict[str, int | None] = {}
-        self.pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-        for i, piece in enumerate(self.pieces):
+        for i in range(len(tokenizer)):
+            piece = tokenizer.decode([i])
             seen[piece] = None if piece in seen else i
         self.ids = {p: i for p, i in seen.items() if i is not None}
 
     def get(self, piece: str) -> int | None:
         return self.ids.get(piece)
-
-    def text(self, i: int) -> str:
-        """The text of id ``i`` (as the tokenizer decodes it alone)."""
-        return self.pieces[i]
 
 
 @dataclass

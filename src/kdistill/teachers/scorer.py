@@ -76,11 +76,8 @@ def parse_llama_cpp(choice: dict, ids: list[int], pieces) -> tuple[list[Row | No
     lp = choice.get("logprobs") or {}
     tokens, tops = lp.get("tokens") or [], lp.get("top_logprobs") or []
     n = len(ids)
-    # the echo must cover the prompt's text ("\ufffd": bytes of a character split across
-    # tokens, which each side may show differently)
-    text = "".join(pieces.text(i) for i in ids).replace("\ufffd", "")
-    echoed = "".join(t or "" for t in tokens).replace("\ufffd", "")
-    if len(tops) < len(tokens) or (len(tokens) < n and not echoed.startswith(text)):
+    if len(tokens) <= 1 < n or len(tops) < len(tokens):
+        # no echo: the entries are the generated token's (max_tokens = 1), not the prompt's
         raise _few_entries(len(tokens), n)
     rows: list[Row | None] = [None] * n
     for i in range(n):
