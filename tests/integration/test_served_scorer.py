@@ -100,8 +100,11 @@ def test_recorded_llama_cpp_reply_is_read_with_its_one_position_offset():
         def get(self, piece):
             return pieces.get(piece)
 
-    rows, dropped = parse_llama_cpp(rec["response"]["choices"][0], rec["ids"], Pieces())
-    assert dropped == 0 and rows[0] is None and rows[-1] is None
+    texts = {i: p for p, i in pieces.items()}
+    choice = rec["response"]["choices"][0]
+    rows, dropped = parse_llama_cpp(choice, [texts[i] for i in rec["ids"]], Pieces())
+    # no distribution before the first token; the last row predicts past the sequence
+    assert dropped == 1 and rows[0] is None and rows[-1] is None
     # "In the beginning" -> the row at position 2 predicts " of" (not " God", the token the
     # server lists there, whose token_logprob it read from this same row)
     ids, lps, tail = rows[2]
@@ -124,7 +127,9 @@ def test_a_server_that_scores_generated_tokens_only_is_refused(tiny_model, tiny_
     assert "\n" not in str(err.value)
 
 
-def test_text_the_server_tokenises_differently_loses_its_targets(tiny_model, tiny_tokenizer):
+def test_positions_are_matched_by_character_where_the_server_tokenises_otherwise(
+    tiny_model, tiny_tokenizer
+):
     tok = tiny_tokenizer
     server = FakeScoringServer(tiny_model, tok, "llama_cpp")
     try:
@@ -134,10 +139,19 @@ def test_text_the_server_tokenises_differently_loses_its_targets(tiny_model, tin
         split = [tok.convert_tokens_to_ids(c) for c in tok.convert_ids_to_tokens(row[1])]
         ids = torch.tensor([[row[0], *split, *row[2:]]])
         sig = scorer.signal({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, want=Want())
+        dropped = scorer.stats.dropped
+        full = scorer.signal({"input_ids": torch.tensor([row])}, want=Want())
     finally:
         server.close()
-    assert not sig.valid[0, 1:].any()
-    assert scorer.stats.dropped == ids.shape[1] - 1
+    n, k = ids.shape[1], len(split)
+    # inside the letters there is no server position; where " God" ends, the server's
+    # distribution after "And God" is the target, as it is for the row tokenised as usual
+    want = [False] + [False] * (k - 1) + [True] * (n - k - 1) + [False]
+    assert sig.valid[0].tolist() == want
+    assert dropped == 1 + (k - 1)  # the first position and the letters before the last
+    for a, b in ((k, 1), (k + 1, 2)):
+        assert torch.equal(sig.sparse.ids[0, a], full.sparse.ids[0, b])
+        assert torch.allclose(sig.sparse.logprobs[0, a], full.sparse.logprobs[0, b])
 
 
 @pytest.mark.parametrize("estimator", ["exact", "sampled"])

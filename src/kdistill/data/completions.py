@@ -25,13 +25,17 @@ class PieceMap:
 
     def __init__(self, tokenizer):
         seen: dict[str, int | None] = {}
-        for i in range(len(tokenizer)):
-            piece = tokenizer.decode([i])
+        self.texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+        for i, piece in enumerate(self.texts):
             seen[piece] = None if piece in seen else i
         self.ids = {p: i for p, i in seen.items() if i is not None}
 
     def get(self, piece: str) -> int | None:
         return self.ids.get(piece)
+
+    def text(self, i: int) -> str:
+        """The text of id ``i``, decoded alone."""
+        return self.texts[i]
 
 
 @dataclass

@@ -13,10 +13,11 @@ tail), so the student's process never holds the teacher. Two server layouts, bot
   entry 0 is null. Texts are mapped back to ids through :class:`PieceMap`.
 
 Token ids are sent where the server takes them (vLLM); llama-cpp-python's server takes text
-only, so the text is sent and the echoed tokens are checked against the row's ids: from the
-first token that differs (the server tokenised the text differently) the row's positions get
-no target and are counted. A server that returns log-probs for generated tokens only (fewer
-entries than prompt tokens) is refused with one line.
+only, so the text is sent, the server tokenises it itself, and its positions are matched to
+the row's by character offset (a block cut from a corpus starts mid-word, and a student's
+sample may spell a word in pieces the tokenizer would merge): positions inside a stretch
+tokenised differently get no target and are counted. A server that returns log-probs for
+the generated token only (no echo) is refused with one line.
 """
 
 from __future__ import annotations
@@ -70,29 +71,45 @@ def parse_vllm(choice: dict, ids: list[int]) -> list[Row | None]:
     return rows
 
 
-def parse_llama_cpp(choice: dict, ids: list[int], pieces) -> tuple[list[Row | None], int]:
-    """Rows from llama-cpp-python's echoed ``logprobs`` (entry ``i`` -> row ``i``), and the
-    number of positions dropped because the server's tokens differ from ``ids``."""
+def parse_llama_cpp(choice: dict, texts: list[str], pieces) -> tuple[list[Row | None], int]:
+    """Rows from llama-cpp-python's echoed ``logprobs`` (entry ``i`` is the distribution at
+    the server's position ``i``), and how many of the ``n - 1`` predicting positions got none.
+
+    ``texts``: the text of each of the row's tokens. The server tokenised the decoded text
+    itself, so its positions are matched to the row's by character offset: where a server
+    token and a row token end at the same character (with the same text before it), the
+    server's distribution there is the teacher's next-token distribution after that text,
+    the row's target at that position. Elsewhere (inside a stretch the two tokenised
+    differently) the row has no target."""
     lp = choice.get("logprobs") or {}
     tokens, tops = lp.get("tokens") or [], lp.get("top_logprobs") or []
-    n = len(ids)
+    n = len(texts)
     if len(tokens) <= 1 < n or len(tops) < len(tokens):
         # no echo: the entries are the generated token's (max_tokens = 1), not the prompt's
         raise _few_entries(len(tokens), n)
+    ours = "".join(texts)
+    ends, at = {}, 0
+    for j, t in enumerate(texts[:-1]):  # the last position predicts past the sequence
+        at += len(t)
+        ends[at] = j
     rows: list[Row | None] = [None] * n
-    for i in range(n):
-        if i >= len(tokens) or pieces.get(tokens[i]) != ids[i]:
-            return rows, n - i  # tokenised differently from here on: no target
-        if i == n - 1 or not tops[i]:
-            continue  # the last row predicts past the sequence; entry 0 is null
+    at = 0
+    for i, piece in enumerate(tokens):
+        piece = piece or ""
+        if ours[at : at + len(piece)] != piece:
+            break  # the texts differ from here on
+        at += len(piece)
+        j = ends.get(at)
+        if j is None or not tops[i]:
+            continue
         got = {}
-        for piece, value in tops[i].items():
-            j = pieces.get(piece)
-            if j is not None and value is not None and math.isfinite(value):
-                got[j] = float(value)
+        for key, value in tops[i].items():
+            k = pieces.get(key)
+            if k is not None and value is not None and math.isfinite(value):
+                got[k] = float(value)
         lps, tail = _tail(list(got.values()))
-        rows[i] = (list(got), lps, tail)
-    return rows, 0
+        rows[j] = (list(got), lps, tail)
+    return rows, sum(r is None for r in rows[: n - 1])
 
 
 @dataclass
@@ -158,7 +175,7 @@ class ServedScorer:
             raise ServedError(f"server response has no choices: {str(data)[:120]}") from exc
         if choice.get("prompt_logprobs") is not None:
             return parse_vllm(choice, ids), 0
-        return parse_llama_cpp(choice, ids, self.pieces)
+        return parse_llama_cpp(choice, [self.pieces.text(i) for i in ids], self.pieces)
 
     async def _score_all(self, seqs: list[list[int]]):
         async def one(ids):
