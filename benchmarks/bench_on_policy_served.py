@@ -44,7 +44,7 @@ def serve(model: Path, log: Path):
         port = s.getsockname()[1]
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host"]
     argv += ["127.0.0.1", "--port", str(port), "--logits_all", "true", "--n_ctx", "1024"]
-    argv += ["--n_threads", "1", "--model_alias", "smollm2"]
+    argv += ["--n_threads", "2", "--model_alias", "smollm2"]
     proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(360):
