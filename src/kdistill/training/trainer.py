@@ -109,6 +109,7 @@ class KDTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.on_policy = on_policy
         self._sampled_now = False
+        self._scheduled = None  # this micro-batch's scheduled knobs, for the log
         self.targets_seen = 0  # valid targets this process trained on (all micro-batches)
         config = getattr(self.model, "config", None)
         eos = eos_token_ids or getattr(config, "eos_token_id", None) or ()
@@ -152,6 +153,7 @@ class KDTrainer(Trainer):
         step = self.state.global_step
         knobs = self.schedules.at(step, max(self.state.max_steps, 1))
         divergence = self.divergence
+        self._scheduled = knobs
         self._sampled_now = bool(inputs.pop(SAMPLED, False))
         estimate = False
         if self._sampled_now:
@@ -342,8 +344,7 @@ class KDTrainer(Trainer):
                 else labels.numel()
             )
             # the scheduled knobs, not the on-policy micro-batch's (which drop the CE weight)
-            total = max(self.state.max_steps, 1)
-            knobs = self.schedules.at(self.state.global_step, total)
+            knobs = self._scheduled
             self.kd_meter.update(sums, knobs, n_tok, terms, sampled=self._sampled_now)
 
     def create_optimizer(self, model=None):
