@@ -185,3 +185,87 @@ def test_on_policy_run_learns_from_a_served_teacher(
     assert all(math.isfinite(r["soft_loss"]) and r["soft_loss"] != 0 for r in log)
     assert server.requests >= 2 * 4  # every sampled row was scored by the server
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def _store_rows(store: Path, block: int):
+    from kdistill.cache import StoreReader
+
+    return StoreReader(store).block(block)
+
+
+def test_kdistill_cache_from_a_served_teacher_matches_the_local_store_and_trains(
+    tiny_teacher_dir, tiny_text_file, tmp_path
+):
+    """`kdistill cache` with teacher.kind=served: the store holds the server's top-k at every
+    position it scored, equal to the store the local teacher writes; a re-run skips every
+    shard; a sampled store or a re-tempered one is refused; a student trains from it."""
+    from kdistill.models.loading import load_causal_lm
+
+    teacher, tok = load_causal_lm(str(tiny_teacher_dir), frozen=True)
+    common = {"cache.method": "topk", "cache.k": K, "cache.values": "logprob16"}
+    common["cache.shard_blocks"] = 4
+
+    def cache(store, **extra):
+        over = tiny_overrides(tiny_teacher_dir, tiny_text_file, tmp_path / "x", **common)
+        over += [f"cache.dir={store}", *(f"{k}={v}" for k, v in extra.items())]
+        return main(["cache", DEMO, *over])
+
+    local = tmp_path / "local"
+    assert cache(local) == 0
+    served_store = tmp_path / "served"
+    server = FakeScoringServer(teacher, tok, "vllm")
+    at = {"teacher.kind": "served", "teacher.base_url": server.url}
+    try:
+        assert cache(served_store, **at) == 0
+        first = server.requests
+        assert cache(served_store, **at) == 0  # resumed: every shard already done
+        assert server.requests == first
+        # refused before any request: the server's top-k cannot give these
+        assert cache(tmp_path / "s2", **at, **{"cache.method": "sampled"}) == 2
+        assert cache(tmp_path / "s3", **at, **{"cache.cache_temperature": 2.0}) == 2
+        assert server.requests == first
+    finally:
+        server.close()
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "s3").exists()
+    # llama.cpp has no distribution at position 0: the store keeps none there, and the
+    # stored teacher marks it "no target" (not a target of all-tail mass)
+    server = FakeScoringServer(teacher, tok, "llama_cpp")
+    try:
+        assert cache(tmp_path / "lcpp", **{**at, "teacher.base_url": server.url}) == 0
+    finally:
+        server.close()
+    from kdistill.cache import StoreReader
+    from kdistill.teachers.base import EXAMPLE_INDEX
+    from kdistill.teachers.store import StoreTeacher
+
+    reader = StoreReader(tmp_path / "lcpp")
+    blocks = torch.zeros(2, reader.manifest.block_size, dtype=torch.long)
+    sig = StoreTeacher(reader, len(reader)).signal(
+        {"input_ids": blocks, EXAMPLE_INDEX: torch.tensor([0, 1])}, want=Want()
+    )
+    assert sig.valid is not None and not sig.valid[:, 0].any() and not sig.valid[:, -1].any()
+    assert sig.valid[:, 1:-1].float().mean() > 0.5
+    assert torch.isneginf(sig.sparse.log_tail[:, 0]).all()
+    checked = 0
+    for b in range(3):
+        mine, theirs = _store_rows(local, b), _store_rows(served_store, b)
+        L = mine.lengths.numel()
+        assert int(theirs.lengths[-1]) == 0  # nothing predicts past the block
+        assert float(theirs.log_tail[-1]) == float("-inf")
+        a0, b0 = 0, 0
+        for p in range(L - 1):
+            n_m, n_t = int(mine.lengths[p]), int(theirs.lengths[p])
+            ids_m, lp_m = mine.ids[a0 : a0 + n_m], mine.logprobs[a0 : a0 + n_m]
+            ids_t, lp_t = theirs.ids[b0 : b0 + n_t].tolist(), theirs.logprobs[b0 : b0 + n_t]
+            # the server's top-k (+ the token's own entry) holds the local top-k
+            assert set(ids_m.tolist()) <= set(ids_t) and n_t <= K + 1
+            for j, i in enumerate(ids_m.tolist()):  # fp16 values, renormalised on read
+                assert float(lp_t[ids_t.index(i)]) == pytest.approx(float(lp_m[j]), abs=2e-3)
+            a0, b0, checked = a0 + n_m, b0 + n_t, checked + 1
+    assert checked >= 3 * 15
+    out = tmp_path / "student"
+    extra = {"teacher.kind": "store", "teacher.path": str(served_store), "training.max_steps": 1}
+    argv = ["distill", DEMO, *tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **extra)]
+    assert main(argv) == 0
+    log = [json.loads(x) for x in (out / "kd_log.jsonl").read_text().splitlines()]
+    assert math.isfinite(log[0]["soft_loss"]) and log[0]["soft_loss"] > 0

@@ -106,3 +106,23 @@ def test_bad_arguments():
         sampled_rows(lp, 300)
     with pytest.raises(ValueError, match="count8"):
         encode_positions(topk_rows(lp, 3), 40, "count8")
+
+
+def test_a_position_without_target_round_trips_as_no_target_not_nan():
+    """signal_rows keeps what a top-k answer gave; a position with no ids (a served teacher's
+    unscored one) is stored with length 0 and read back with a -inf tail, never NaN."""
+    from kdistill.softlabels import decode_positions, encode_positions, signal_rows
+
+    ids = torch.tensor([[3, 1, -1], [-1, -1, -1], [2, -1, -1]])
+    lp = torch.tensor([[-0.5, -1.5, float("-inf")], [float("-inf")] * 3, [-0.1, float("-inf"), 0]])
+    tail = torch.tensor([-2.0, 0.0, -2.4])
+    rows = signal_rows(ids, lp, tail)
+    assert rows.lengths.tolist() == [2, 0, 1] and rows.ids.tolist() == [3, 1, 2]
+    for kind in ("logprob16", "logprob8"):
+        back = decode_positions(encode_positions(rows, 8, kind))
+        assert back.lengths.tolist() == [2, 0, 1]
+        assert not torch.isnan(back.log_tail).any() and not torch.isnan(back.logprobs).any()
+        assert float(back.log_tail[1]) == float("-inf")
+        # each scored position still sums to 1 (kept + tail)
+        mass0 = back.logprobs[:2].exp().sum() + back.log_tail[0].exp()
+        assert float(mass0) == pytest.approx(1.0, abs=1e-6)

@@ -18,9 +18,11 @@ import torch
 
 from kdistill.cache.manifest import Manifest, StoreError, sha256_file
 from kdistill.files import atomic_write_bytes
-from kdistill.softlabels import encode_positions, sampled_rows, topk_rows
+from kdistill.softlabels import SparseRows, encode_positions, sampled_rows, topk_rows
 
 TeacherFn = Callable[[torch.Tensor], torch.Tensor]  # (B, L) ids -> (B, L, V) fp32 log-probs
+# (B, L) ids + this shard's generator -> B * L positions of sparse targets
+RowsFn = Callable[[torch.Tensor, torch.Generator], SparseRows]
 
 
 @dataclass
@@ -73,32 +75,44 @@ def _sparsify(logprobs: torch.Tensor, method: dict, generator: torch.Generator):
     raise StoreError(f"unknown cache method {method['name']!r}; use topk or sampled")
 
 
+def dense_rows(teacher_fn: TeacherFn, method: dict) -> RowsFn:
+    """Sparse rows from a teacher that gives dense log-probs: ``method`` (top-k or sampled)
+    applied at every position."""
+
+    def rows(blocks: torch.Tensor, generator: torch.Generator) -> SparseRows:
+        logprobs = teacher_fn(blocks)
+        return _sparsify(logprobs.reshape(-1, logprobs.shape[-1]), method, generator)
+
+    return rows
+
+
+def _concat(parts: list[SparseRows]) -> SparseRows:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return SparseRows(
+        torch.cat([p.lengths for p in parts]),
+        torch.cat([p.ids for p in parts]),
+        torch.cat([p.logprobs for p in parts]),
+        torch.cat([p.log_tail for p in parts]),
+        torch.cat([p.counts for p in parts]) if first.counts is not None else None,
+        first.n_samples,
+    )
+
+
 def encode_shard(
     blocks: torch.Tensor,
-    teacher_fn: TeacherFn,
+    rows_fn: RowsFn,
     manifest: Manifest,
     shard: int,
     batch_size: int,
     seed: int,
 ) -> tuple[bytes, int]:
-    """Run the teacher over ``blocks (n, L)`` and return (safetensors bytes, n_tokens)."""
+    """Ask the teacher about ``blocks (n, L)``; return (safetensors bytes, n_tokens)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + shard)
-    parts = []
-    for i in range(0, blocks.shape[0], batch_size):
-        logprobs = teacher_fn(blocks[i : i + batch_size])
-        flat = logprobs.reshape(-1, logprobs.shape[-1])
-        parts.append(_sparsify(flat, manifest.method, generator))
-    rows = parts[0]
-    if len(parts) > 1:
-        rows = type(rows)(
-            torch.cat([p.lengths for p in parts]),
-            torch.cat([p.ids for p in parts]),
-            torch.cat([p.logprobs for p in parts]),
-            torch.cat([p.log_tail for p in parts]),
-            torch.cat([p.counts for p in parts]) if rows.counts is not None else None,
-            rows.n_samples,
-        )
-    enc = encode_positions(rows, manifest.vocab_size, manifest.encoding["values"])
+    starts = range(0, len(blocks), batch_size)
+    parts = [rows_fn(blocks[i : i + batch_size], generator) for i in starts]
+    enc = encode_positions(_concat(parts), manifest.vocab_size, manifest.encoding["values"])
     meta = {"shard": str(shard), "n_blocks": str(blocks.shape[0])}
     return serialize_safetensors(enc.tensors(), meta), blocks.numel()
 
@@ -112,14 +126,15 @@ def _valid_existing(dest: Path, manifest: Manifest, shard: int) -> bool:
 def write_store(
     dest: Path,
     blocks: torch.Tensor,
-    teacher_fn: TeacherFn,
+    rows_fn: RowsFn,
     manifest: Manifest,
     *,
     batch_size: int = 4,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> WriteReport:
-    """Fill ``dest`` with the store ``manifest`` describes (resuming a partial one)."""
+    """Fill ``dest`` with the store ``manifest`` describes (resuming a partial one), asking
+    ``rows_fn`` (see :func:`dense_rows`) for each batch of blocks."""
     dest.mkdir(parents=True, exist_ok=True)
     mpath = dest / "manifest.json"
     if mpath.is_file():
@@ -141,7 +156,7 @@ def write_store(
             continue
         lo = shard * manifest.shard_blocks
         part = blocks[lo : lo + manifest.shard_blocks]
-        data, n_tokens = encode_shard(part, teacher_fn, manifest, shard, batch_size, seed)
+        data, n_tokens = encode_shard(part, rows_fn, manifest, shard, batch_size, seed)
         path = dest / shard_name(shard)
         atomic_write_bytes(path, data)
         manifest.shards[str(shard)] = {

@@ -14,6 +14,7 @@ from kdistill.config import builders
 from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError
 from kdistill.log import say
+from kdistill.softlabels import SparseRows
 
 console = Console()
 
@@ -44,7 +45,8 @@ def _teacher_fn(teacher, vocab: int, temperature: float):
     return run
 
 
-def build_manifest(cfg: RunConfig, teacher, tok, train_ds):
+def build_manifest(cfg: RunConfig, tok, train_ds, teacher: dict):
+    """The store's manifest; ``teacher``: who fills it (:func:`_teacher_record`)."""
     from kdistill.cache import Manifest
     from kdistill.data.lm import data_fingerprint
     from kdistill.models.vocab import tokenizer_fingerprint
@@ -56,14 +58,8 @@ def build_manifest(cfg: RunConfig, teacher, tok, train_ds):
         else {"name": "sampled", "n": c.n}
     )
     tmpl = getattr(tok, "chat_template", None)
-    from kdistill.models.identity import local_model_identity
-
     return Manifest(
-        teacher={
-            "model": cfg.teacher.model,
-            "weights_sha256": _weights_hash(teacher),
-            "identity": local_model_identity(cfg.teacher.model),
-        },
+        teacher=teacher,
         tokenizer_hash=tokenizer_fingerprint(tok),
         vocab_size=len(tok),
         chat_template_hash=hashlib.sha256(tmpl.encode()).hexdigest()[:16] if tmpl else None,
@@ -75,6 +71,25 @@ def build_manifest(cfg: RunConfig, teacher, tok, train_ds):
         n_blocks=len(train_ds),
         shard_blocks=c.shard_blocks,
     )
+
+
+def _teacher_record(cfg: RunConfig, model=None) -> dict:
+    """Who made the store: a local model (its identity and weights hash) or a server."""
+    from kdistill.models.identity import local_model_identity, served_identity
+
+    t = cfg.teacher
+    if t.kind == "served":
+        return {
+            "model": t.model,  # the tokenizer's source
+            "served_model": t.served_model,
+            "base_url": t.base_url,
+            "identity": served_identity(t.base_url, t.served_model),
+        }
+    return {
+        "model": t.model,
+        "weights_sha256": _weights_hash(model) if model is not None else None,
+        "identity": local_model_identity(t.model),
+    }
 
 
 def _train_blocks(cfg: RunConfig, tok):
@@ -107,19 +122,51 @@ def _check_store_folder(cfg: RunConfig) -> None:
             cfg.teacher.model,
             allow=False,
             where=f"cache.dir={cfg.cache.dir!r}",
+            identity=_teacher_record(cfg)["identity"],
         )
 
 
+def _check_served_cache(cfg: RunConfig) -> None:
+    """What a served teacher's top-k answer can fill: top-k targets at temperature 1."""
+    c = cfg.cache
+    if c.method != "topk":
+        raise InputError(
+            "cache.method=sampled needs the teacher's whole distribution, and a served teacher "
+            "returns its top-k log-probs only; use cache.method=topk with teacher.kind=served"
+        )
+    if c.cache_temperature != 1.0:
+        raise InputError(
+            f"cache.cache_temperature={c.cache_temperature}: a served teacher's top-k "
+            "log-probs are at temperature 1 and its other ids are unknown, so they cannot be "
+            "re-tempered; set cache.cache_temperature=1 (distill.kd_temperature still applies)"
+        )
+    if c.top_p is not None:
+        raise InputError(
+            "cache.top_p: a served teacher's answer is already cut to its top-k; remove "
+            "cache.top_p, or lower cache.k"
+        )
+    if c.k > 100:
+        raise InputError(f"cache.k={c.k}: servers return at most 100 log-probs; use <= 100")
+
+
 def run_cache(cfg: RunConfig):
-    from kdistill.cache import write_store
+    from kdistill.cache import dense_rows
     from kdistill.files import check_free_space, check_output_folder
     from kdistill.folders import claim_folder
     from kdistill.models.loading import check_model_files, load_causal_lm, load_tokenizer
 
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
+    served = cfg.teacher.kind == "served"
+    if cfg.teacher.kind not in ("model", "served"):
+        raise InputError(
+            f"kdistill cache asks a teacher model or server, not teacher.kind="
+            f"{cfg.teacher.kind}; use teacher.kind=model or served"
+        )
     check_output_folder(cfg.cache.dir, "cache.dir")
     check_model_files(cfg.teacher.model, "teacher.model")
+    if served:
+        _check_served_cache(cfg)
     _check_store_folder(cfg)
     tok = load_tokenizer(cfg.teacher.model)
     train_ds = _train_blocks(cfg, tok)
@@ -129,12 +176,45 @@ def run_cache(cfg: RunConfig):
         f"the store in cache.dir={cfg.cache.dir!r}",
     )
     with claim_folder(cfg.cache.dir, "cache", field="cache.dir"):
+        if served:
+            return _fill_from_server(cfg, tok, train_ds)
         teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
-        return _fill_store(cfg, teacher, tok, train_ds, write_store)
+        manifest = build_manifest(cfg, tok, train_ds, _teacher_record(cfg, teacher))
+        fn = _teacher_fn(teacher, len(tok), cfg.cache.cache_temperature)
+        return _fill_store(cfg, manifest, train_ds, dense_rows(fn, manifest.method))
 
 
-def _fill_store(cfg: RunConfig, teacher, tok, train_ds, write_store):
-    manifest = build_manifest(cfg, teacher, tok, train_ds)
+def _fill_from_server(cfg: RunConfig, tok, train_ds):
+    """The store's targets from a server that scores text (``teacher.kind: served``): each
+    block's top ``cache.k`` log-probs (+ tail) at every position it scored; positions it did
+    not (the last one; position 0 and differently tokenised stretches on llama.cpp) keep none
+    and train as "no target"."""
+    from kdistill.softlabels import signal_rows
+    from kdistill.teachers.base import Want
+    from kdistill.teachers.kinds import build_teacher
+
+    settings = {**cfg.teacher.model_dump(), "top_k": cfg.cache.k}
+    scorer = build_teacher("served", settings, tokenizer=tok, vocab_size=len(tok))
+    manifest = build_manifest(cfg, tok, train_ds, _teacher_record(cfg))
+
+    def rows(blocks: torch.Tensor, _generator) -> SparseRows:
+        s = scorer.signal({"input_ids": blocks}, want=Want()).sparse
+        k = s.ids.shape[-1]
+        return signal_rows(s.ids.reshape(-1, k), s.logprobs.reshape(-1, k), s.log_tail.reshape(-1))
+
+    out = _fill_store(cfg, manifest, train_ds, rows)
+    st = scorer.stats
+    if st.positions:
+        say(
+            f"the server gave targets at {st.positions - st.rows - st.dropped} of "
+            f"{st.positions - st.rows} predicting positions; the rest train without one"
+        )
+    return out
+
+
+def _fill_store(cfg: RunConfig, manifest, train_ds, rows):
+    from kdistill.cache import write_store
+
     dest = Path(cfg.cache.dir)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("teacher -> store", total=manifest.n_shards)
@@ -145,7 +225,7 @@ def _fill_store(cfg: RunConfig, teacher, tok, train_ds, write_store):
         report = write_store(
             dest,
             train_ds.examples,
-            _teacher_fn(teacher, len(tok), cfg.cache.cache_temperature),
+            rows,
             manifest,
             batch_size=cfg.cache.batch_size,
             seed=cfg.seed,

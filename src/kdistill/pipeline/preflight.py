@@ -12,6 +12,7 @@ import dataclasses
 from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError, ProvenanceError
 from kdistill.files import check_output_folder
+from kdistill.log import say
 
 
 def check_training_extra(extra: dict) -> None:
@@ -27,22 +28,30 @@ def check_training_extra(extra: dict) -> None:
         raise InputError(f"training.extra: {unknown[0]!r} is not a TrainingArguments field{hint}")
 
 
-def check_store_teacher(manifest_teacher: dict, teacher_spec: str, *, allow: bool, where) -> None:
-    """The store at ``where`` was made by the run's teacher (``teacher.model``)."""
+def check_store_teacher(
+    manifest_teacher: dict, teacher_spec: str, *, allow: bool, where, identity=None
+) -> None:
+    """The store at ``where`` was made by the run's teacher (``teacher.model``, or the
+    ``identity`` given). A store a server filled cannot be checked against a local model:
+    the training run says whose it is and trusts the tokenizer check."""
     from kdistill.models.identity import describe, local_model_identity, same_teacher
 
     if allow:
         return
     recorded = manifest_teacher.get("identity")
+    if recorded is not None and recorded.get("kind") == "served" and identity is None:
+        say(f"{where}: targets from the served teacher {describe(recorded)}")
+        return
     if recorded is not None:
-        same = same_teacher(recorded, local_model_identity(teacher_spec))
+        same = same_teacher(recorded, identity or local_model_identity(teacher_spec))
     else:  # a store from before identities were recorded: compare the names
         same = manifest_teacher.get("model") == teacher_spec
         recorded = {"name": manifest_teacher.get("model"), "fingerprint": "unrecorded"}
     if not same:
         raise ProvenanceError(
-            f"{where} was made by teacher {describe(recorded)}, not teacher.model="
-            f"{teacher_spec!r}; use this teacher's store"
+            f"{where} was made by teacher {describe(recorded)}, not "
+            + (describe(identity) if identity else f"teacher.model={teacher_spec!r}")
+            + "; use this teacher's store"
             + ("" if "cache.dir" in str(where) else ", or pass --allow-teacher-change to use it")
         )
 

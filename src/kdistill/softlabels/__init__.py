@@ -1,7 +1,7 @@
 """PURE: sparsify teacher distributions (top-k, sampled, top-p) and encode them compactly."""
 
 from kdistill.softlabels.encoding import EncodedPositions, decode_positions, encode_positions
-from kdistill.softlabels.sparsify import SparseRows, sampled_rows, topk_rows
+from kdistill.softlabels.sparsify import SparseRows, sampled_rows, signal_rows, topk_rows
 
 __all__ = [
     "EncodedPositions",
@@ -9,5 +9,6 @@ __all__ = [
     "decode_positions",
     "encode_positions",
     "sampled_rows",
+    "signal_rows",
     "topk_rows",
 ]

@@ -123,4 +123,6 @@ def decode_positions(enc: EncodedPositions) -> SparseRows:
     z = torch.zeros(lengths.numel()).index_add_(0, rows_idx, (logp - mx[rows_idx]).exp())
     z = z + torch.where(torch.isfinite(tail), (tail - mx).exp(), torch.zeros_like(tail))
     log_z = mx + torch.log(z)
-    return SparseRows(lengths, ids, logp - log_z[rows_idx], tail - log_z)
+    # a position that kept nothing has no target (a served teacher's unscored position)
+    tail = torch.where(lengths > 0, tail - log_z, torch.full_like(tail, float("-inf")))
+    return SparseRows(lengths, ids, logp - log_z[rows_idx], tail)

@@ -12,6 +12,7 @@ Rows are variable-length (CSR): position ``i`` keeps ``lengths[i]`` ids. Two met
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -109,3 +110,13 @@ def sampled_rows(
     logp = torch.log(counts.float() / n)
     tail = torch.full(lengths.shape, float("-inf"))
     return SparseRows(lengths.long(), ids, logp, tail, counts.long(), n)
+
+
+def signal_rows(ids: torch.Tensor, logprobs: torch.Tensor, log_tail: torch.Tensor) -> SparseRows:
+    """Rows from a padded sparse signal ``(P, K)`` (unused slots: id -1): what a teacher that
+    answers with top-k log-probs already gives (a served one). A position without a target
+    keeps no ids (length 0, tail ``-inf``): a store reads it back as "no target here"."""
+    keep = ids >= 0
+    lengths = keep.sum(-1)
+    tail = torch.where(lengths > 0, log_tail.float(), torch.full_like(log_tail.float(), -math.inf))
+    return SparseRows(lengths.long(), ids[keep].long(), logprobs[keep].float(), tail)

@@ -3,6 +3,8 @@ looked up by the examples' indices; no teacher model in memory."""
 
 from __future__ import annotations
 
+import torch
+
 from kdistill.cache import StoreReader
 from kdistill.errors import InputError
 from kdistill.teachers.base import EXAMPLE_INDEX, TeacherSignal, Want, pad_sparse, to_device
@@ -22,11 +24,20 @@ class StoreTeacher:
 
     def signal(self, batch, *, want: Want) -> TeacherSignal:
         vocab = self.reader.manifest.vocab_size
-        rows = []
+        rows, kept = [], []
         for i in batch[EXAMPLE_INDEX].tolist():
-            s = self.reader.block(i).to_signal(vocab, 1.0)
+            block = self.reader.block(i)
+            s = block.to_signal(vocab, 1.0)
             rows.append((s.ids, s.logprobs, s.log_tail))
+            kept.append(block.lengths > 0)
         length = batch["input_ids"].shape[1]
         sparse = pad_sparse(rows, length, vocab, self.temperature)
         device = batch["input_ids"].device
-        return TeacherSignal(sparse=to_device(sparse, device))
+        valid = None
+        if not all(bool(k[:-1].all()) for k in kept):
+            # a store from a served teacher: positions the server gave no target for
+            valid = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+            for r, k in enumerate(kept):
+                valid[r, : k.numel()] = k
+            valid = valid.to(device)
+        return TeacherSignal(sparse=to_device(sparse, device), valid=valid)
