@@ -122,6 +122,23 @@ def cache(
 
 
 @app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep spec YAML (a `sweep:` section)")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="overrides of the spec, e.g. seeds=5 workers=2"),
+    ] = None,
+    fresh: FreshOpt = False,
+):
+    """Run every (arm, grid point, seed) cell of SPEC as a run of its base config, then write
+    sweep.json (mean and Student-t interval per setting, paired per-seed differences against
+    the baseline arm) and sweep.html. Re-running the same command skips finished cells."""
+    from kdistill.pipeline.sweep import run_sweep
+
+    run_sweep(spec, overrides or [], fresh=fresh)
+
+
+@app.command()
 def inspect(
     prompt: Annotated[str, typer.Option(help="text whose next token the teacher predicts")] = (
         "I am hungry, I want to eat"

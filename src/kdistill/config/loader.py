@@ -34,17 +34,30 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.split("."), value
 
 
+def _named_item(items: list, name: str, text: str) -> dict:
+    """The entry of a named list (``distill.terms``) called ``name``."""
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == name:
+            return item
+    have = ", ".join(str(i.get("name")) for i in items if isinstance(i, dict)) or "none"
+    raise ConfigError(f"override {text!r}: no entry named {name!r} in that list (have: {have})")
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each ``a.b.c=value``; a part that follows a list of named entries (``distill.terms``)
+    picks the entry by its ``name`` (``distill.terms.hidden.weight=0.5``)."""
     for text in overrides:
         path, value = parse_override(text)
         node = data
         for part in path[:-1]:
-            child = node.get(part)
+            child = node.get(part) if isinstance(node, dict) else _named_item(node, part, text)
             if child is None:
                 child = node[part] = {}
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(f"override {text!r}: {part} is not a section")
             node = child
+        if isinstance(node, list):
+            raise ConfigError(f"override {text!r}: name an entry of {path[-2]}, then its key")
         node[path[-1]] = value
     return data
 

@@ -189,8 +189,10 @@ def evaluate_lms(
     agreement_chars: int = 48,
     speed_budget_s: float = 30.0,
     own_samples: dict | None = None,
+    quality_only: bool = False,
 ) -> dict[str, dict]:
-    """Per model: quality, bits per byte, agreement on text, size, speed, peak memory.
+    """Per model: quality, bits per byte, agreement on text, size, speed, peak memory
+    (``quality_only``: the teacher-forced figures alone, as a sweep's cells need).
 
     ``dataset`` (held-out blocks) is tokenized with the teacher's tokenizer: models whose
     tokenizer differs (``tokenizers``: name -> tokenizer; default all the teacher's) get no
@@ -217,6 +219,8 @@ def evaluate_lms(
         results[name]["same_tokenizer_as_teacher"] = name in same
         if name in prints:
             results[name]["tokenizer"] = prints[name]
+    if quality_only:
+        return results
     if documents and toks:
         for name, model in models.items():
             bits = n_bytes = n_tok = 0

@@ -28,8 +28,10 @@ def run_eval(
     roles: dict[str, str] | None = None,
     speed_budget_s: float = 30.0,
     own_samples: dict | None = None,
+    quality_only: bool = False,
 ) -> dict:
-    """Evaluate the teacher and ``specs`` side by side and write ``out``.
+    """Evaluate the teacher and ``specs`` side by side and write ``out``
+    (``quality_only``: LMs get the teacher-forced figures alone, no speed or text extras).
 
     Causal LMs (bundled names, .gguf, HF folders) on held-out text; trained classifier
     folders (``classifier.json``) on the Fashion-MNIST test split (``--data fashion-mnist``).
@@ -71,6 +73,7 @@ def run_eval(
         setup,
         speed_budget_s,
         own_samples,
+        quality_only,
     )
 
 
@@ -139,6 +142,7 @@ def _run_eval_lms(
     setup: EvalSetup,
     speed_budget_s: float = 30.0,
     own_samples: dict | None = None,
+    quality_only: bool = False,
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
@@ -170,11 +174,12 @@ def _run_eval_lms(
         CausalCollator(tok.pad_token_id),
         vocab_size=len(tok),
         model_dirs=dirs,
-        **text_inputs(data, held_out_fraction, max_eval_tokens),
+        **({} if quality_only else text_inputs(data, held_out_fraction, max_eval_tokens)),
         tokenizers=toks,
         window=block_size,
         speed_budget_s=speed_budget_s,
         own_samples=own_samples,
+        quality_only=quality_only,
     )
     for name, r in results.items():
         r["model"] = teacher_spec if name == "teacher" else specs[name]

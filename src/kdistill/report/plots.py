@@ -200,3 +200,42 @@ def per_class_accuracy(per_class: dict[str, dict[str, float]]) -> bytes:
     ax.set_title("Per-class accuracy")
     _legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
+
+
+def sweep_metric(
+    series: dict[str, list[tuple[float | str, float, float | None]]], key: str, metric: str
+) -> bytes:
+    """``metric`` against one swept ``key``, one line per arm (the other keys at the arm's
+    chosen values): points are means, bars the confidence interval's half width."""
+    fig = _figure(5, 3.4)
+    ax = fig.subplots()
+    numeric = all(isinstance(x, (int, float)) for pts in series.values() for x, _, _ in pts)
+    labels = sorted({str(x) for pts in series.values() for x, _, _ in pts})
+    for i, (arm, pts) in enumerate(series.items()):
+        pts = sorted(pts, key=lambda p: p[0] if numeric else labels.index(str(p[0])))
+        xs = [p[0] if numeric else labels.index(str(p[0])) for p in pts]
+        ys = [p[1] for p in pts]
+        err = [p[2] or 0.0 for p in pts]
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err,
+            marker="o",
+            capsize=4,
+            color=color(arm, i),
+            label=arm,
+            linestyle=LINESTYLES[i % len(LINESTYLES)],
+        )
+    if numeric and all(x > 0 for pts in series.values() for x, _, _ in pts):
+        spread = [x for pts in series.values() for x, _, _ in pts]
+        if max(spread) / min(spread) >= 10:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(PLAIN)
+    if not numeric:
+        ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {key.rsplit('.', 1)[-1]}")
+    ax.grid(alpha=0.3)
+    _legend(ax, fontsize=8)
+    return _png(fig)

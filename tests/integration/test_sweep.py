@@ -1,0 +1,98 @@
+"""`kdistill sweep`: a 2 x 2 sweep (two arms, two learning rates) x 2 seeds of tiny models
+runs every cell, writes intervals and the paired comparison, renders its page; a re-run
+skips finished cells; a cell whose record is gone runs again alone; bad specs are refused
+before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdistill.cli.main import main
+from kdistill.config.loader import load_config, save_config
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "src/kdistill/configs/demo.yaml"
+
+
+def _spec(tmp_path: Path, teacher: Path, data: Path, **sweep) -> Path:
+    over = tiny_overrides(teacher, data, tmp_path / "unused")
+    over += ["training.max_steps=2", "training.save_steps=2", "data.max_eval_tokens=64"]
+    save_config(load_config(DEMO, over), tmp_path / "base.yaml")
+    body = {
+        "config": "base.yaml",
+        "output_dir": str(tmp_path / "sweep"),
+        "seeds": 2,
+        "metric": "perplexity",
+        "goal": "min",
+        "baseline": "alone",
+        "arms": {"alone": {"overrides": {"teacher.kind": "none"}}, "kd": {}},
+        "grid": {"training.learning_rate": [0.003, 0.01]},
+        **sweep,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"sweep": body}))
+    return path
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("cells/*/cell.json")}
+
+
+def test_sweep_runs_resumes_and_reports(tiny_teacher_dir, tiny_text_file, tmp_path):
+    spec = _spec(tmp_path, tiny_teacher_dir, tiny_text_file)
+    assert main(["sweep", str(spec)]) == 0
+    out = tmp_path / "sweep"
+    data = json.loads((out / "sweep.json").read_text())
+    assert len(data["cells"]) == 8 and data["missing"] == []
+    assert len(data["groups"]) == 4
+    for g in data["groups"]:  # two seeds each: a mean and a t interval around it
+        iv = g["interval"]
+        assert g["seeds"] == [0, 1] and iv["n"] == 2
+        assert iv["low"] <= iv["mean"] <= iv["high"]
+        assert iv["mean"] == pytest.approx(sum(g["values"].values()) / 2)
+    # the chosen learning rate per arm is the lower mean perplexity (no validation metric)
+    assert data["selected_on"] == "test"
+    for arm, name in data["chosen"].items():
+        mine = [g for g in data["groups"] if g["arm"] == arm]
+        assert name == min(mine, key=lambda g: g["interval"]["mean"])["group"]
+    (cmp,) = data["comparisons"]
+    groups = {g["group"]: g for g in data["groups"]}
+    kd, alone = groups[cmp["group"]], groups[cmp["baseline_group"]]
+    diffs = [kd["values"][s] - alone["values"][s] for s in ("0", "1")]
+    assert cmp["arm"] == "kd" and cmp["difference"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert data["teacher"] > 0  # the teacher's perplexity, for the share of the gap recovered
+    page = (out / "sweep.html").read_text()
+    assert "Paired differences" in page and "data:image/png;base64," in page
+    assert (out / "plots" / "sweep_training_learning_rate.png").is_file()
+
+    before = _mtimes(out)
+    assert main(["sweep", str(spec)]) == 0  # resumed: nothing runs again
+    assert _mtimes(out) == before
+    gone = sorted(before)[0]
+    (out / "cells" / gone / "cell.json").unlink()
+    assert main(["sweep", str(spec)]) == 0
+    after = _mtimes(out)
+    assert [k for k in after if after[k] != before[k]] == [gone]
+
+
+def test_bad_sweep_specs_are_refused_before_anything_runs(
+    tiny_teacher_dir, tiny_text_file, tmp_path, capsys
+):
+    bad = [
+        {"baseline": "nope"},
+        {"grid": {"training.learning_rate": []}},
+        {"grid": {"training.no_such_key": [1, 2]}},
+        {"arms": {"alone": {"overrides": {"distill.kd_temperature": -1}}}, "baseline": None},
+    ]
+    for i, extra in enumerate(bad):
+        spec = _spec(tmp_path, tiny_teacher_dir, tiny_text_file, **extra)
+        assert main(["sweep", str(spec)]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert not (tmp_path / "sweep").exists(), i
