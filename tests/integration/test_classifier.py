@@ -47,23 +47,27 @@ def test_fashion_mnist_teacher_then_student_through_cli(tmp_path, capsys):
     small = [
         "data.max_train_examples=3000",
         "data.max_eval_tokens=1000",
+        "data.validation_examples=500",
         "training.max_steps=60",
         "training.logging_steps=20",
         "training.save_steps=30",
     ]
     t_dir = tmp_path / "teacher"
-    assert (
-        main(["train-teacher", str(CONFIGS / "fmnist_teacher.yaml"), f"output_dir={t_dir}", *small])
-        == 0
-    )
+    # the teacher with dropout, shifted images and 500 validation images set aside
+    regular = ["teacher.dropout=0.2", "data.jitter=1"]
+    argv = ["train-teacher", str(CONFIGS / "fmnist_teacher.yaml"), f"output_dir={t_dir}"]
+    assert main([*argv, *small, *regular]) == 0
     teacher = json.loads((t_dir / "results.json").read_text())["teacher"]
     assert teacher["accuracy"] > 0.6  # chance is 0.1
+    assert teacher["validation_examples"] == 500 and teacher["validation_accuracy"] > 0.5
+    assert json.loads((t_dir / "model" / "classifier.json").read_text())["dropout"] == 0.2
     s_dir = tmp_path / "student"
     distill = [
         "distill",
         str(CONFIGS / "fmnist_distill.yaml"),
         f"output_dir={s_dir}",
         f"teacher.model={t_dir / 'model'}",
+        "student.hidden=[64]",
         *small,
     ]
     assert main(distill) == 0
@@ -124,3 +128,64 @@ def test_eval_refuses_mixed_kinds_and_wrong_data(tmp_path, tiny_teacher_dir, cap
     assert main([*wrong, "--data", "kjv", "--out", str(out)]) == 2
     assert "evaluated on fashion-mnist" in capsys.readouterr().err
     assert not out.exists()
+
+
+@needs_data
+def test_validation_images_are_set_aside_the_same_for_every_seed():
+    from kdistill.data.fashion_mnist import split_train
+
+    t0, v0 = split_train(500, 2000, seed=0)
+    t1, v1 = split_train(500, 2000, seed=1)
+    assert len(t0) == 2000 and len(v0) == 500
+    assert torch.equal(v0.images, v1.images) and torch.equal(v0.labels, v1.labels)
+    assert not torch.equal(t0.images, t1.images)  # the training subset follows the seed
+    # no validation image is a training image; each keeps its index in the full split
+    assert not set(v0.source_index.tolist()) & set(t0.source_index.tolist())
+    full_x, _ = load_split("train")
+    assert torch.equal(full_x[t0.source_index[:50]], t0.images[:50])
+    assert t0[7]["example_index"] == int(t0.source_index[7])
+    # without a validation split the subset is load_split's own
+    assert torch.equal(
+        split_train(0, 300, seed=4)[0].images, load_split("train", limit=300, seed=4)[0]
+    )
+    with pytest.raises(ValueError, match="leaves no training image"):
+        split_train(60000, None, seed=0)
+
+
+def test_jitter_shifts_each_image_within_bounds_and_keeps_the_batch():
+    from kdistill.data.fashion_mnist import ImageCollator, jitter_images
+
+    x = torch.zeros(6, 1, 28, 28)
+    x[:, 0, 10:14, 12:15] = torch.arange(1, 13, dtype=torch.float32).view(4, 3)
+    g = torch.Generator().manual_seed(0)
+    y = jitter_images(x, 2, g)
+    moved = 0
+    for i in range(6):  # the same patch, somewhere within 2 pixels
+        nz = y[i, 0].nonzero()
+        dy, dx = int(nz[:, 0].min()) - 10, int(nz[:, 1].min()) - 12
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        assert torch.equal(y[i, 0, 10 + dy : 14 + dy, 12 + dx : 15 + dx], x[i, 0, 10:14, 12:15])
+        moved += (dy, dx) != (0, 0)
+    assert moved >= 4
+    items = [
+        {"pixel_values": x[i], "labels": torch.tensor(i), "example_index": 7 + i} for i in range(3)
+    ]
+    batch = ImageCollator(0)(items)
+    assert torch.equal(batch["pixel_values"], x[:3])  # no jitter: untouched
+    assert batch["example_index"].tolist() == [7, 8, 9]
+
+
+def test_precomputed_teacher_looks_up_the_models_own_logits():
+    from kdistill.eval.classifier_runner import predict
+    from kdistill.teachers.base import Want
+    from kdistill.teachers.precomputed import PrecomputedTeacher
+
+    torch.manual_seed(0)
+    model = build_classifier("cnn", channels=[4, 8], dropout=0.5)
+    images = torch.rand(40, 1, 28, 28)
+    teacher = PrecomputedTeacher(predict(model, images)[0])
+    idx = torch.tensor([3, 17, 0, 39])
+    got = teacher.signal({"pixel_values": images[idx], "example_index": idx}, want=Want()).logits
+    model.eval()  # dropout off, as the teacher's predictions are made
+    with torch.no_grad():
+        assert torch.allclose(got, model(pixel_values=images[idx]), atol=1e-6)

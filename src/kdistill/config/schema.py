@@ -74,6 +74,9 @@ class ModelSpec(Strict):
     channels: list[int] = Field(
         default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
     )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="classifier: dropout on each hidden layer while training"
+    )
 
 
 class TeacherSpec(Strict):
@@ -101,6 +104,9 @@ class TeacherSpec(Strict):
     )
     channels: list[int] = Field(
         default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
+    )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="classifier: dropout on each hidden layer while training"
     )
 
 
@@ -175,6 +181,19 @@ class DataSpec(Strict):
     max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")
     max_eval_tokens: int | None = Field(16384, ge=1, description="cap on held-out tokens")
     max_train_examples: int | None = Field(None, ge=1, description="classifier: cap on examples")
+    validation_examples: int = Field(
+        0,
+        ge=0,
+        description="classifier: training images set aside (the same ones for every seed) and "
+        "reported as validation_accuracy, for choices made without the test set",
+    )
+    jitter: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="classifier: shift each training image by up to N pixels per step (the "
+        "teacher sees the same shifted image)",
+    )
 
 
 class TermSpec(Strict):

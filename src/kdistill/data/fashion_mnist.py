@@ -67,19 +67,86 @@ def load_split(split: str, root: Path = ROOT, limit: int | None = None, seed: in
     return raw.float().div_(255).unsqueeze(1), labels
 
 
+VALIDATION_SEED = 20_151_503  # the validation images are the same whatever the run's seed
+
+
+def split_train(
+    n_validation: int, limit: int | None, seed: int, root: Path = ROOT
+) -> tuple[ImageDataset, ImageDataset]:
+    """(train, validation) datasets from the ``train`` split: ``n_validation`` images set
+    aside by a fixed permutation (every seed and arm sees the same ones), then at most
+    ``limit`` of the rest (a ``seed``-ed subset) for training. Each example keeps its index in
+    the full split (``example_index``)."""
+    images, labels = load_split("train", root=root)
+    if n_validation >= len(labels):
+        raise InputError(
+            f"data.validation_examples={n_validation} leaves no training image "
+            f"(the split has {len(labels)}); use fewer"
+        )
+    if n_validation:
+        gen = torch.Generator().manual_seed(VALIDATION_SEED)
+        order = torch.randperm(len(labels), generator=gen)
+        val, rest = order[:n_validation], order[n_validation:]
+    else:  # the training subset is then exactly load_split's (``limit``, ``seed``)
+        val, rest = torch.zeros(0, dtype=torch.long), torch.arange(len(labels))
+    if limit is not None and limit < len(rest):
+        pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))
+        rest = rest[pick[:limit]]
+    return (
+        ImageDataset(images[rest], labels[rest], rest),
+        ImageDataset(images[val], labels[val], val),
+    )
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    """Images with labels; ``source_index``: each image's index in its full split (default
+    its position), what a teacher with precomputed logits looks it up by."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source_index=None):
         self.images, self.labels = images, labels
+        self.source_index = (
+            torch.arange(len(labels)) if source_index is None else torch.as_tensor(source_index)
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+        return {
+            "pixel_values": self.images[i],
+            "labels": self.labels[i],
+            "example_index": int(self.source_index[i]),
+        }
 
 
-def collate_images(items: list[dict]) -> dict:
-    return {
-        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
-        "labels": torch.stack([it["labels"] for it in items]),
-    }
+def jitter_images(images: torch.Tensor, pixels: int, generator=None) -> torch.Tensor:
+    """Each image of ``(B, 1, H, W)`` shifted by its own random (dy, dx) in
+    ``[-pixels, pixels]``, the uncovered border filled with 0 (the background)."""
+    if pixels <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))
+    shifts = torch.randint(0, 2 * pixels + 1, (b, 2), generator=generator)
+    out = torch.empty_like(images)
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        out[i] = padded[i, :, dy : dy + h, dx : dx + w]
+    return out
+
+
+class ImageCollator:
+    """Stack a batch (with each example's index, for teachers that look targets up by it);
+    ``jitter``: shift every training image by up to that many pixels."""
+
+    def __init__(self, jitter: int = 0):
+        self.jitter = jitter
+
+    def __call__(self, items: list[dict]) -> dict:
+        pixels = torch.stack([it["pixel_values"] for it in items])
+        return {
+            "pixel_values": jitter_images(pixels, self.jitter),
+            "labels": torch.stack([it["labels"] for it in items]),
+            "example_index": torch.tensor([it["example_index"] for it in items]),
+        }
+
+
+collate_images = ImageCollator()

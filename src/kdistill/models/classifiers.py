@@ -12,8 +12,14 @@ from torch import nn
 from kdistill.errors import InputError, MissingFileError
 
 
+def _drop(p: float) -> list[nn.Module]:
+    """A dropout layer, or nothing at p = 0 (the layout, and saved weights' names, of a
+    model built without dropout stay as they were)."""
+    return [nn.Dropout(p)] if p > 0 else []
+
+
 class CNNClassifier(nn.Module):
-    def __init__(self, channels: list[int] = (32, 64), n_classes: int = 10):
+    def __init__(self, channels: list[int] = (32, 64), n_classes: int = 10, dropout: float = 0.0):
         super().__init__()
         layers, c_in = [], 1
         for c in channels:
@@ -22,7 +28,12 @@ class CNNClassifier(nn.Module):
         self.features = nn.Sequential(*layers)
         side = 28 // (2 ** len(channels))
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(c_in * side * side, 128), nn.ReLU(), nn.Linear(128, n_classes)
+            nn.Flatten(),
+            *_drop(dropout),
+            nn.Linear(c_in * side * side, 128),
+            nn.ReLU(),
+            *_drop(dropout),
+            nn.Linear(128, n_classes),
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -31,11 +42,11 @@ class CNNClassifier(nn.Module):
 
 
 class MLPClassifier(nn.Module):
-    def __init__(self, hidden: list[int] = (256,), n_classes: int = 10):
+    def __init__(self, hidden: list[int] = (256,), n_classes: int = 10, dropout: float = 0.0):
         super().__init__()
         dims, layers = [28 * 28, *hidden], [nn.Flatten()]
         for a, b in zip(dims, dims[1:]):  # noqa: RUF007
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), nn.ReLU(), *_drop(dropout)]
         layers.append(nn.Linear(dims[-1], n_classes))
         self.net = nn.Sequential(*layers)
 
@@ -47,11 +58,13 @@ class MLPClassifier(nn.Module):
 ARCHS = {"cnn": CNNClassifier, "mlp": MLPClassifier}
 
 
-def build_classifier(arch: str, *, channels=None, hidden=None, n_classes: int = 10):
+def build_classifier(
+    arch: str, *, channels=None, hidden=None, n_classes: int = 10, dropout: float = 0.0
+):
     if arch == "cnn":
-        return CNNClassifier(list(channels or [32, 64]), n_classes)
+        return CNNClassifier(list(channels or [32, 64]), n_classes, dropout)
     if arch == "mlp":
-        return MLPClassifier(list(hidden or [256]), n_classes)
+        return MLPClassifier(list(hidden or [256]), n_classes, dropout)
     raise InputError(f"unknown classifier {arch!r}: use cnn, mlp, or a trained model folder")
 
 
@@ -94,6 +107,7 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
             channels=spec.get("channels"),
             hidden=spec.get("hidden"),
             n_classes=spec.get("n_classes", 10),
+            dropout=spec.get("dropout", 0.0),
         )
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -107,9 +121,14 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
     return model, spec
 
 
-def classifier_from_spec(model: str, channels, hidden) -> tuple[nn.Module, dict]:
+def classifier_from_spec(
+    model: str, channels, hidden, dropout: float = 0.0
+) -> tuple[nn.Module, dict]:
     """A fresh ``cnn``/``mlp`` or a trained folder."""
     if model in ARCHS:
         spec = {"arch": model, "channels": list(channels), "hidden": list(hidden), "n_classes": 10}
-        return build_classifier(model, channels=channels, hidden=hidden), spec
+        if dropout > 0:
+            spec["dropout"] = dropout
+        built = build_classifier(model, channels=channels, hidden=hidden, dropout=dropout)
+        return built, spec
     return load_classifier(model)

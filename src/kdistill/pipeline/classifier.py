@@ -22,11 +22,21 @@ def _check_source(cfg: RunConfig) -> None:
         raise InputError(f"classifier data.source must be fashion-mnist, got {cfg.data.source!r}")
 
 
-def _train_set(cfg: RunConfig):
-    from kdistill.data.fashion_mnist import ImageDataset, load_split
+def _splits(cfg: RunConfig):
+    from kdistill.data.fashion_mnist import split_train
 
     _check_source(cfg)
-    return ImageDataset(*load_split("train", limit=cfg.data.max_train_examples, seed=cfg.seed))
+    d = cfg.data
+    return split_train(d.validation_examples, d.max_train_examples, cfg.seed)
+
+
+def _train_set(cfg: RunConfig):
+    return _splits(cfg)[0]
+
+
+def _validation_set(cfg: RunConfig):
+    """The training images set aside (``data.validation_examples``), or None."""
+    return _splits(cfg)[1] if cfg.data.validation_examples else None
 
 
 def _held_out_set(cfg: RunConfig):
@@ -37,13 +47,47 @@ def _held_out_set(cfg: RunConfig):
     return ImageDataset(*load_split("test", limit=cfg.data.max_eval_tokens, seed=cfg.seed))
 
 
+def _train_split_logits(teacher, folder: str, train_set):
+    """The teacher's logits for the training images, indexed like the full training split
+    (rows of images not trained on: NaN), computed once per (teacher, training subset) and
+    kept in kdistill's cache folder, so the runs of a sweep share them."""
+    import hashlib
+
+    from safetensors.torch import load_file
+    from safetensors.torch import save as save_bytes
+
+    from kdistill.eval.classifier_runner import predict
+    from kdistill.files import atomic_write_bytes
+    from kdistill.models.bundled import cache_root
+    from kdistill.models.identity import local_model_identity
+
+    index = train_set.source_index
+    subset = hashlib.sha256(index.numpy().tobytes()).hexdigest()[:16]
+    key = f"{local_model_identity(str(folder))['fingerprint']}-{subset}"
+    path = cache_root() / "classifier-logits" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["logits"]
+        except Exception:  # a damaged cache file is recomputed
+            pass
+    got = predict(teacher, train_set.images)[0]
+    logits = torch.full((int(index.max()) + 1, got.shape[1]), float("nan"))
+    logits[index] = got
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save_bytes({"logits": logits.contiguous()}))
+    except OSError:  # a read-only cache only costs the forward next time
+        pass
+    return logits
+
+
 def _train(
     cfg: RunConfig, model, teacher, run: RunFolder, schedules_kwargs: dict, resume: bool = True
 ):
     """Train ``model`` with KDTrainer (resuming from the newest complete checkpoint)."""
     from transformers import TrainingArguments
 
-    from kdistill.data.fashion_mnist import collate_images
+    from kdistill.data.fashion_mnist import ImageCollator
     from kdistill.training.checkpoint import CompleteMarker, latest_complete_checkpoint
     from kdistill.training.preemption import PreemptionCallback
     from kdistill.training.step import KDSchedules
@@ -51,11 +95,17 @@ def _train(
 
     ckpt = run.path / "checkpoints"
     preemption = PreemptionCallback()
+    train_set = _train_set(cfg)
+    if teacher is not None and not cfg.data.jitter:
+        # the same image every epoch: the teacher's logits once, looked up by index
+        from kdistill.teachers.precomputed import PrecomputedTeacher
+
+        teacher = PrecomputedTeacher(_train_split_logits(teacher, cfg.teacher.model, train_set))
     trainer = KDTrainer(
         model=model,
         args=TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt))),
-        train_dataset=_train_set(cfg),
-        data_collator=collate_images,
+        train_dataset=train_set,
+        data_collator=ImageCollator(cfg.data.jitter),
         teacher=teacher,
         schedules=KDSchedules.build(**schedules_kwargs),
         log_path=run.path / "kd_log.jsonl",
@@ -109,6 +159,14 @@ def _finish(
         model_dirs=dirs,
         class_names=list(CLASSES),
     )
+    val = _validation_set(cfg)
+    if val is not None:  # for choices made without the test set (sweeps)
+        from kdistill.eval.classifier_runner import predict
+
+        for name, m in {**others, me: model}.items():
+            hit = predict(m, val.images)[0].argmax(-1) == val.labels
+            results[name]["validation_accuracy"] = float(hit.float().mean())
+            results[name]["validation_examples"] = len(val)
     results.update(info)
     atomic_write_json(run_dir / "results.json", results)
     line = f"{me} accuracy {results[me]['accuracy']:.3f}"
@@ -150,7 +208,10 @@ def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path
     with run:
         torch.manual_seed(cfg.seed)
         model, spec = classifier_from_spec(
-            cfg.teacher.model or "cnn", cfg.teacher.channels, cfg.teacher.hidden
+            cfg.teacher.model or "cnn",
+            cfg.teacher.channels,
+            cfg.teacher.hidden,
+            cfg.teacher.dropout,
         )
         sched = {**builders.schedule_kwargs(cfg), "soft_weight": 0.0, "hard_weight": 1.0}
         trainer, info = _train(cfg, model, None, run, sched)
@@ -190,7 +251,10 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool 
             freeze(teacher)
         torch.manual_seed(cfg.seed)
         student, spec = classifier_from_spec(
-            cfg.student.model or "mlp", cfg.student.channels, cfg.student.hidden
+            cfg.student.model or "mlp",
+            cfg.student.channels,
+            cfg.student.hidden,
+            cfg.student.dropout,
         )
         online = None if baseline else teacher
         sched = builders.schedule_kwargs(cfg)
