@@ -82,10 +82,15 @@ def test_fashion_mnist_teacher_then_student_through_cli(tmp_path, capsys):
     assert main(distill) == 0  # a finished run is not retrained
     assert "already complete" in capsys.readouterr().out
     b_dir = tmp_path / "baseline"
-    baseline = [*distill, f"output_dir={b_dir}", "teacher.kind=none"]
+    # the baseline also without class 3 in its training images (Hinton's omitted class)
+    baseline = [*distill, f"output_dir={b_dir}", "teacher.kind=none", "data.omit_class=3"]
     assert main(baseline) == 0
     base = json.loads((b_dir / "results.json").read_text())
     assert set(base) >= {"teacher", "baseline"} and base["baseline"]["accuracy"] > 0.3
+    omitted = base["baseline"]
+    assert omitted["omitted_class"] == 3 and omitted["test_class_accuracy"] <= 0.1
+    assert omitted["per_class_accuracy"][3] == omitted["test_class_accuracy"]
+    assert omitted["test_class_accuracy_after_bias"] >= omitted["test_class_accuracy"]
     log = [json.loads(x) for x in (b_dir / "kd_log.jsonl").read_text().splitlines()]
     assert all(r["soft_loss"] == 0 for r in log)  # no teacher in the loss
     # one `kdistill eval` run measures all three side by side, then the report renders it

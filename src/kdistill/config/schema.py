@@ -187,6 +187,13 @@ class DataSpec(Strict):
         description="classifier: training images set aside (the same ones for every seed) and "
         "reported as validation_accuracy, for choices made without the test set",
     )
+    omit_class: int | None = Field(
+        None,
+        ge=0,
+        description="classifier: leave this class out of the training images (Hinton's "
+        "omitted-class test); results then report its accuracy before and after a bias on its "
+        "logit chosen on the validation images (which keep it)",
+    )
     jitter: int = Field(
         0,
         ge=0,

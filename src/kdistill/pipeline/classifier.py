@@ -20,6 +20,14 @@ log = get_logger(__name__)
 def _check_source(cfg: RunConfig) -> None:
     if cfg.data.source != "fashion-mnist":
         raise InputError(f"classifier data.source must be fashion-mnist, got {cfg.data.source!r}")
+    omit = cfg.data.omit_class
+    if omit is not None and omit >= 10:
+        raise InputError(f"data.omit_class={omit}: Fashion-MNIST classes are 0..9")
+    if omit is not None and not cfg.data.validation_examples:
+        raise InputError(
+            "data.omit_class needs validation images to choose its bias on; set "
+            "data.validation_examples (e.g. 5000)"
+        )
 
 
 def _splits(cfg: RunConfig):
@@ -27,7 +35,11 @@ def _splits(cfg: RunConfig):
 
     _check_source(cfg)
     d = cfg.data
-    return split_train(d.validation_examples, d.max_train_examples, cfg.seed)
+    train, val = split_train(d.validation_examples, d.max_train_examples, cfg.seed)
+    if d.omit_class is not None:  # the transfer set without that class
+        keep = train.labels != d.omit_class
+        train = type(train)(train.images[keep], train.labels[keep], train.source_index[keep])
+    return train, val
 
 
 def _train_set(cfg: RunConfig):
@@ -163,10 +175,18 @@ def _finish(
     if val is not None:  # for choices made without the test set (sweeps)
         from kdistill.eval.classifier_runner import predict
 
+        held = _held_out_set(cfg)
         for name, m in {**others, me: model}.items():
-            hit = predict(m, val.images)[0].argmax(-1) == val.labels
+            val_logits = predict(m, val.images)[0]
+            hit = val_logits.argmax(-1) == val.labels
             results[name]["validation_accuracy"] = float(hit.float().mean())
             results[name]["validation_examples"] = len(val)
+            if cfg.data.omit_class is not None and name == me:
+                from kdistill.eval.omitted import omitted_class_report
+
+                test = (predict(m, held.images)[0], held.labels)
+                rep = omitted_class_report((val_logits, val.labels), test, cfg.data.omit_class)
+                results[name].update(rep)
     results.update(info)
     atomic_write_json(run_dir / "results.json", results)
     line = f"{me} accuracy {results[me]['accuracy']:.3f}"
