@@ -1,4 +1,4 @@
-"""`kdistill sweep`: a 2 x 2 sweep (two arms, two learning rates) x 2 seeds of tiny models
+"""`kdistill sweep`: two arms (no teacher; KD at two temperatures) x 2 seeds of tiny models
 runs every cell, writes intervals and the paired comparison, renders its page; a re-run
 skips finished cells; a cell whose record is gone runs again alone; bad specs are refused
 before anything runs."""
@@ -31,8 +31,14 @@ def _spec(tmp_path: Path, teacher: Path, data: Path, **sweep) -> Path:
         "metric": "perplexity",
         "goal": "min",
         "baseline": "alone",
-        "arms": {"alone": {"overrides": {"teacher.kind": "none"}}, "kd": {}},
-        "grid": {"training.learning_rate": [0.003, 0.01]},
+        "arms": {
+            "alone": {
+                "overrides": {"teacher.kind": "none"},
+                "skip_grid": ["distill.kd_temperature"],
+            },
+            "kd": {},
+        },
+        "grid": {"distill.kd_temperature": [1.0, 4.0]},
         **sweep,
     }
     path = tmp_path / "sweep.yaml"
@@ -49,14 +55,14 @@ def test_sweep_runs_resumes_and_reports(tiny_teacher_dir, tiny_text_file, tmp_pa
     assert main(["sweep", str(spec)]) == 0
     out = tmp_path / "sweep"
     data = json.loads((out / "sweep.json").read_text())
-    assert len(data["cells"]) == 8 and data["missing"] == []
-    assert len(data["groups"]) == 4
+    assert len(data["cells"]) == 6 and data["missing"] == []
+    assert len(data["groups"]) == 3  # alone (the temperature skipped), kd at T = 1 and 4
     for g in data["groups"]:  # two seeds each: a mean and a t interval around it
         iv = g["interval"]
         assert g["seeds"] == [0, 1] and iv["n"] == 2
         assert iv["low"] <= iv["mean"] <= iv["high"]
         assert iv["mean"] == pytest.approx(sum(g["values"].values()) / 2)
-    # the chosen learning rate per arm is the lower mean perplexity (no validation metric)
+    # the chosen setting per arm is the lower mean perplexity (no validation metric)
     assert data["selected_on"] == "test"
     for arm, name in data["chosen"].items():
         mine = [g for g in data["groups"] if g["arm"] == arm]
@@ -69,7 +75,7 @@ def test_sweep_runs_resumes_and_reports(tiny_teacher_dir, tiny_text_file, tmp_pa
     assert data["teacher"] > 0  # the teacher's perplexity, for the share of the gap recovered
     page = (out / "sweep.html").read_text()
     assert "Paired differences" in page and "data:image/png;base64," in page
-    assert (out / "plots" / "sweep_training_learning_rate.png").is_file()
+    assert (out / "plots" / "sweep_distill_kd_temperature.png").is_file()
 
     before = _mtimes(out)
     assert main(["sweep", str(spec)]) == 0  # resumed: nothing runs again
@@ -88,7 +94,8 @@ def test_bad_sweep_specs_are_refused_before_anything_runs(
         {"baseline": "nope"},
         {"grid": {"training.learning_rate": []}},
         {"grid": {"training.no_such_key": [1, 2]}},
-        {"arms": {"alone": {"overrides": {"distill.kd_temperature": -1}}}, "baseline": None},
+        {"grid": {"distill.kd_temperature": [4.0, -1.0]}},  # the second cell is invalid
+        {"arms": {"kd": {"skip_grid": ["training.no_such_key"]}}, "baseline": None},
     ]
     for i, extra in enumerate(bad):
         spec = _spec(tmp_path, tiny_teacher_dir, tiny_text_file, **extra)
