@@ -82,9 +82,13 @@ def test_sweep_runs_resumes_and_reports(tiny_teacher_dir, tiny_text_file, tmp_pa
     assert _mtimes(out) == before
     gone = sorted(before)[0]
     (out / "cells" / gone / "cell.json").unlink()
-    assert main(["sweep", str(spec)]) == 0
+    # only that cell runs again, here in a worker process of its own (workers: 2)
+    assert main(["sweep", str(spec), "workers=2"]) == 0
     after = _mtimes(out)
     assert [k for k in after if after[k] != before[k]] == [gone]
+    redone = json.loads((out / "cells" / gone / "cell.json").read_text())
+    old = {c["name"]: c for c in data["cells"]}[gone]
+    assert redone["metrics"]["cell"]["perplexity"] == old["metrics"]["cell"]["perplexity"]
 
 
 def test_bad_sweep_specs_are_refused_before_anything_runs(
