@@ -331,10 +331,13 @@ def summarise(spec: SweepSpec, cells: list[Cell], records: dict[str, dict]) -> d
     for g in groups.values():
         g["seconds"] = sum(r["seconds"] for r in g["seeds"].values())
         g["seeds"] = sorted(g["seeds"])
+    one_each = all(sum(g["arm"] == arm for g in groups.values()) <= 1 for arm in spec.arms)
     return {
         "groups": list(groups.values()),
         "chosen": chosen,
-        "selected_on": "validation" if select_key == val_key else "test",
+        "selected_on": (
+            "nothing to choose" if one_each else "validation" if select_key == val_key else "test"
+        ),
         "teacher": teacher,
         "comparisons": comparisons,
     }

@@ -99,7 +99,9 @@ def _series(data: dict, key: str) -> dict[str, list]:
 
 def _notes(data: dict) -> list[str]:
     notes = []
-    if data.get("selected_on") == "test":
+    if data.get("selected_on") == "nothing to choose":
+        notes.append("One setting per arm: nothing was chosen.")
+    elif data.get("selected_on") == "test":
         notes.append(
             "Each arm's setting was chosen on the test metric (the cells report no validation "
             "metric): the chosen rows are optimistic."
