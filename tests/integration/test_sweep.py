@@ -76,6 +76,11 @@ def test_sweep_runs_resumes_and_reports(tiny_teacher_dir, tiny_text_file, tmp_pa
     page = (out / "sweep.html").read_text()
     assert "Paired differences" in page and "data:image/png;base64," in page
     assert (out / "plots" / "sweep_distill_kd_temperature.png").is_file()
+    # the student alone has no temperature: a reference band on that plot, at its chosen mean
+    from kdistill.report.sweep import references
+
+    ref = references(data, "distill.kd_temperature")
+    assert list(ref) == ["alone"] and ref["alone"][0] == alone["interval"]["mean"]
 
     before = _mtimes(out)
     assert main(["sweep", str(spec)]) == 0  # resumed: nothing runs again

@@ -203,12 +203,23 @@ def per_class_accuracy(per_class: dict[str, dict[str, float]]) -> bytes:
 
 
 def sweep_metric(
-    series: dict[str, list[tuple[float | str, float, float | None]]], key: str, metric: str
+    series: dict[str, list[tuple[float | str, float, float | None]]],
+    key: str,
+    metric: str,
+    references: dict[str, tuple[float, float | None]] | None = None,
 ) -> bytes:
     """``metric`` against one swept ``key``, one line per arm (the other keys at the arm's
-    chosen values): points are means, bars the confidence interval's half width."""
+    chosen values): points are means, bars the confidence interval's half width;
+    ``references``: arms without ``key`` (mean, half width), drawn as horizontal bands."""
     fig = _figure(5, 3.4)
     ax = fig.subplots()
+    for j, (arm, (mean, half)) in enumerate((references or {}).items()):
+        c = color(arm, len(series) + j)
+        ax.axhline(
+            mean, color=c, linestyle="--", linewidth=1, label=f"{arm} (no {key.rsplit('.', 1)[-1]})"
+        )
+        if half:
+            ax.axhspan(mean - half, mean + half, color=c, alpha=0.15)
     numeric = all(isinstance(x, (int, float)) for pts in series.values() for x, _, _ in pts)
     labels = sorted({str(x) for pts in series.values() for x, _, _ in pts})
     for i, (arm, pts) in enumerate(series.items()):

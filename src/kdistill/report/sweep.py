@@ -97,6 +97,18 @@ def _series(data: dict, key: str) -> dict[str, list]:
     return out
 
 
+def references(data: dict, key: str) -> dict[str, tuple[float, float | None]]:
+    """Per arm whose chosen setting does not involve ``key`` (the student alone on a
+    temperature plot): its chosen mean and interval half width, drawn as a band."""
+    groups = {g["group"]: g for g in data["groups"]}
+    out = {}
+    for arm, gname in data.get("chosen", {}).items():
+        g = groups[gname]
+        if key not in g["point"] and g.get("interval"):
+            out[arm] = (g["interval"]["mean"], g["interval"].get("half_width"))
+    return out
+
+
 def _notes(data: dict) -> list[str]:
     notes = []
     if data.get("selected_on") == "nothing to choose":
@@ -131,7 +143,8 @@ def render_sweep(results_path: Path, out_dir: Path) -> tuple[Path, Path]:
         if any(len(p) > 1 for p in series.values()):
             stem = "sweep_" + "".join(ch if ch.isalnum() else "_" for ch in key)
             title = f"{data['metric']} vs {key}"
-            figs.append((stem, title, plots.sweep_metric(series, key, data["metric"])))
+            png = plots.sweep_metric(series, key, data["metric"], references(data, key))
+            figs.append((stem, title, png))
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for stem, _, png in figs:
         atomic_write_bytes(out_dir / "plots" / f"{stem}.png", png)
