@@ -112,3 +112,40 @@ def test_bad_sweep_specs_are_refused_before_anything_runs(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1, err
         assert not (tmp_path / "sweep").exists(), i
+
+
+def test_a_failing_cell_is_recorded_the_others_run_and_a_rerun_retries_it(
+    tiny_teacher_dir, tiny_text_file, tmp_path, monkeypatch, capsys
+):
+    """The cell runner is replaced by a stand-in (the orchestration is under test, not the
+    training): one cell raises; its cell.json records the error, the others finish, exit 2;
+    the next run retries only that cell, whose record is then replaced (nothing deleted)."""
+    from kdistill.pipeline import sweep as sweep_mod
+
+    spec = _spec(tmp_path, tiny_teacher_dir, tiny_text_file)
+    calls, state = [], {"failed_once": False}
+
+    def fake(base, cell, cell_dir, threads):
+        calls.append(cell.name)
+        if cell.name.startswith("kd-") and cell.seed == 1 and not state["failed_once"]:
+            state["failed_once"] = True
+            raise RuntimeError("out of memory in this cell")
+        return {"cell": {"perplexity": 10.0 + cell.seed}, "teacher": {"perplexity": 5.0}}
+
+    monkeypatch.setattr(sweep_mod, "run_cell", fake)
+    assert main(["sweep", str(spec)]) == 2
+    assert "1 cell(s) failed" in capsys.readouterr().err
+    records = {
+        p.parent.name: json.loads(p.read_text())
+        for p in (tmp_path / "sweep").glob("cells/*/cell.json")
+    }
+    failed = [n for n, r in records.items() if r.get("failed")]
+    assert len(records) == 6 and len(failed) == 1
+    assert records[failed[0]]["failed"] == "out of memory in this cell"
+    data = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert data["missing"] == failed and len(data["cells"]) == 5
+    calls.clear()
+    assert main(["sweep", str(spec)]) == 0
+    assert calls == failed  # only the failed cell ran again
+    again = json.loads((tmp_path / "sweep" / "cells" / failed[0] / "cell.json").read_text())
+    assert "failed" not in again and again["metrics"]["cell"]["perplexity"] == 11.0

@@ -4,8 +4,9 @@ the base config, one folder per cell, then one results file with a Student-t int
 
 Resumable: a cell whose ``cell.json`` is written is done and skipped on a re-run (one command,
 resumed across days); a cell interrupted mid-run resumes from its own checkpoints. Every
-cell's config is validated before the first one runs. A failing cell is recorded
-(``failed.json``), the others still run, and the command exits non-zero naming it.
+cell's config is validated before the first one runs. A failing cell is recorded (its
+``cell.json`` says so; a re-run tries it again), the others still run, and the command exits
+non-zero naming it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from kdistill.files import atomic_write_json
 from kdistill.log import say
 
 CELL_FILE = "cell.json"
-FAILED_FILE = "failed.json"
 RESULTS_FILE = "sweep.json"
 
 
 class SweepError(KdistillError, RuntimeError):
-    """Some cells failed (each recorded in its failed.json)."""
+    """Some cells failed (each recorded in its cell.json with the error)."""
 
 
 @dataclass
@@ -155,6 +155,8 @@ def _done(cell_dir: Path, cell: Cell, base_sha: str) -> dict | None:
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
+    if rec.get("failed") is not None:  # a failed attempt: run it again
+        return None
     if rec.get("overrides") != cell.overrides:
         raise InputError(
             f"{cell_dir} holds a cell with other overrides ({rec.get('overrides')}); "
@@ -184,9 +186,6 @@ def _one(base: Path, cell: Cell, cell_dir: Path, threads, base_sha: str, subproc
         metrics = run_cell(base, cell, cell_dir, threads)
     rec = _cell_record(cell, base_sha, metrics, time.perf_counter() - t0)
     atomic_write_json(cell_dir / CELL_FILE, rec)
-    failed = cell_dir / FAILED_FILE
-    if failed.is_file():
-        failed.unlink()
     return rec
 
 
@@ -224,7 +223,7 @@ def run_sweep(spec_path: str | Path, overrides: list[str] | None = None, *, fres
     if failures:
         names = ", ".join(failures)
         raise SweepError(
-            f"{len(failures)} cell(s) failed ({names}); see failed.json in each, fix and re-run "
+            f"{len(failures)} cell(s) failed ({names}); see cell.json in each, fix and re-run "
             "the same command (finished cells are kept)"
         )
     return path
@@ -242,7 +241,10 @@ def _run_cells(spec, base, base_sha, out, todo, threads, records) -> list[str]:
             raise
         except Exception as exc:  # recorded; the other cells still run
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            atomic_write_json(cell_dir / FAILED_FILE, {"error": reason, "at": time.time()})
+            # the same file a finished cell writes, marked failed: the next success replaces
+            # it atomically, so nothing is ever deleted
+            failed = {"name": cell.name, "overrides": cell.overrides, "failed": reason}
+            atomic_write_json(cell_dir / CELL_FILE, {**failed, "at": time.time()})
             say(f"[red]cell {cell.name} failed:[/red] {reason}")
             failures.append(cell.name)
             return None
