@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -31,13 +32,18 @@ def _check_source(cfg: RunConfig) -> None:
 
 
 def _splits(cfg: RunConfig):
-    from kdistill.data.fashion_mnist import split_train
-
     _check_source(cfg)
     d = cfg.data
-    train, val = split_train(d.validation_examples, d.max_train_examples, cfg.seed)
-    if d.omit_class is not None:  # the transfer set without that class
-        keep = train.labels != d.omit_class
+    return _split_once(d.validation_examples, d.max_train_examples, cfg.seed, d.omit_class)
+
+
+@functools.lru_cache(maxsize=1)  # training and validation sets of one run: one decode
+def _split_once(n_validation: int, limit, seed: int, omit_class):
+    from kdistill.data.fashion_mnist import split_train
+
+    train, val = split_train(n_validation, limit, seed)
+    if omit_class is not None:  # the transfer set without that class
+        keep = train.labels != omit_class
         train = type(train)(train.images[keep], train.labels[keep], train.source_index[keep])
     return train, val
 
