@@ -87,10 +87,17 @@ def test_student_layer_subset_copies_weights(tiny_tokenizer):
     assert all(p.requires_grad for p in student.parameters())
 
 
-def test_narrow_student_is_random_init(tiny_tokenizer):
+def test_narrow_student_is_sliced_from_the_teacher(tiny_tokenizer):
     teacher = make_tiny_lm(tiny_tokenizer)
-    student = build_student_from_teacher(teacher, every=2, hidden_size=16, intermediate_size=24)
+    calib = [torch.randint(0, len(tiny_tokenizer), (1, 8))]
+    student = build_student_from_teacher(
+        teacher, every=2, hidden_size=16, intermediate_size=24, calibration=calib
+    )
     assert student.config.hidden_size == 16
+    kept = student.kdistill_pruning["plan"]["channels"]
+    assert torch.equal(
+        student.model.embed_tokens.weight, teacher.model.embed_tokens.weight[:, kept]
+    )
     assert student(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == len(tiny_tokenizer)
 
 

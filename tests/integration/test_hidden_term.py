@@ -33,7 +33,10 @@ def test_hidden_share_of_the_loss_matches_float64_reference(
 ):
     teacher, tok = load_causal_lm(str(tiny_teacher_dir), frozen=True)
     width = None if loss == "cosine" else 16
-    student = build_student_from_teacher(teacher, keep_layers=[0, 2, 3], hidden_size=width)
+    calib = [torch.randint(0, len(tok), (1, 8))]
+    student = build_student_from_teacher(
+        teacher, keep_layers=[0, 2, 3], hidden_size=width, calibration=calib
+    )
     train, _ = build_lm_datasets(tok, str(tiny_text_file), block_size=16, held_out_fraction=0.2)
     batch = CausalCollator(tok.pad_token_id)([IndexedDataset(train)[i] for i in range(4)])
 
@@ -76,7 +79,7 @@ def test_projections_are_learned_checkpointed_and_resume_bit_exactly(
     tiny_teacher_dir, tiny_text_file, tmp_path
 ):
     extra = {
-        "student.from_teacher": "{keep_layers: [0, 3], hidden_size: 16}",
+        "student.from_teacher": "{keep_layers: [0, 3], hidden_size: 16, num_key_value_heads: 1}",
         "distill.terms": "[{name: hidden, loss: mse, weight: 2.0}]",
         "training.max_steps": 4,
         "training.save_steps": 2,

@@ -38,7 +38,8 @@ Scalar = float | ScheduleSpec
 
 
 class StudentFromTeacher(Strict):
-    """Build the student from the teacher's own layers (DistilBERT-style)."""
+    """Build the student from the teacher's own weights: kept layers (every k-th, a list, or the
+    most important), optionally narrower, sliced by importance (Minitron-style)."""
 
     model: str | None = Field(
         None,
@@ -48,13 +49,32 @@ class StudentFromTeacher(Strict):
 
     keep_layers: list[int] | None = Field(None, description="teacher layer indices to keep")
     every: int | None = Field(None, ge=1, description="keep every k-th layer (and the last)")
-    hidden_size: int | None = Field(None, ge=8, description="narrower width: random init")
-    intermediate_size: int | None = Field(None, ge=8, description="narrower MLP: random init")
+    layers: int | None = Field(
+        None, ge=1, description="keep this many layers, the most important by depth_metric"
+    )
+    depth_metric: Literal["block_influence", "skip_kl"] = Field(
+        "block_influence",
+        description="layer ranking for `layers`: block_influence (1 - cos between a block's "
+        "input and output) or skip_kl (KL to the full model with the block skipped; one "
+        "forward per layer)",
+    )
+    hidden_size: int | None = Field(
+        None, ge=8, description="narrower residual stream: the most important embedding channels"
+    )
+    intermediate_size: int | None = Field(
+        None, ge=8, description="narrower MLP: the most important neurons of each kept layer"
+    )
+    num_key_value_heads: int | None = Field(
+        None, ge=1, description="fewer attention heads: the most important KV groups per layer"
+    )
+    calibration_blocks: int = Field(
+        16, ge=1, description="training blocks the importance scores are measured on"
+    )
 
     @model_validator(mode="after")
     def _one_choice(self):
-        if (self.keep_layers is None) == (self.every is None):
-            raise ValueError("give exactly one of keep_layers or every")
+        if sum(x is not None for x in (self.keep_layers, self.every, self.layers)) != 1:
+            raise ValueError("give exactly one of keep_layers, every or layers")
         return self
 
 

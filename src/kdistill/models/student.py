@@ -1,9 +1,9 @@
-"""Build a student from a teacher (DistilBERT-style layer selection, optional narrower width).
+"""Build a student from a teacher: kept layers (every k-th, a list, or ranked by importance)
+and optionally a narrower width sliced from the teacher's most important units.
 
 Works for decoder LMs whose blocks live at ``model.model.layers`` (Llama, Mistral, Qwen2,
 SmolLM, Gemma, ...). Kept layers are copied with their weights, plus embeddings, final norm
-and head; tied embeddings stay tied. A narrower student (``hidden_size`` or
-``intermediate_size`` set) keeps the architecture but is randomly initialised.
+and head; tied embeddings stay tied. Importance ranking and slicing: :mod:`kdistill.models.prune`.
 """
 
 from __future__ import annotations
@@ -62,51 +62,88 @@ def build_student_from_teacher(
     *,
     keep_layers: list[int] | None = None,
     every: int | None = None,
+    layers: int | None = None,
     hidden_size: int | None = None,
     intermediate_size: int | None = None,
+    num_key_value_heads: int | None = None,
+    depth_metric: str = "block_influence",
+    calibration: list[torch.Tensor] | None = None,
     seed: int = 0,
 ):
     """A new student model (trainable, fp32) derived from ``teacher``.
 
-    Returns the student; its ``config.kdistill_teacher_layers`` records the kept indices.
+    Depth: ``keep_layers`` (explicit), ``every`` (every k-th and the last) or ``layers`` (a
+    count, the most important by ``depth_metric`` on ``calibration``). Width (``hidden_size``,
+    ``intermediate_size``, ``num_key_value_heads``): the most important channels, neurons and
+    KV groups on ``calibration``, sliced from the teacher's weights
+    (:mod:`kdistill.models.prune`). ``config.kdistill_teacher_layers`` records the kept layers;
+    with importance pruning, ``student.kdistill_pruning`` holds indices and scores.
     """
-    from transformers import AutoModelForCausalLM
+    from kdistill.models.prune import apply_plan, measure_importance, plan_pruning, prune_summary
 
     blocks = _blocks(teacher)
-    chosen = select_layers(len(blocks), keep_layers, every)
+    if sum(x is not None for x in (keep_layers, every, layers)) != 1:
+        raise InputError(
+            "student: give exactly one of keep_layers (a list), every or layers (ints)"
+        )
+    chosen = None if layers is not None else select_layers(len(blocks), keep_layers, every)
+    width = (hidden_size, intermediate_size, num_key_value_heads)
+    if chosen is not None and all(w is None for w in width) and depth_metric == "block_influence":
+        student = _copy_layers(teacher, blocks, chosen, seed)
+        student.kdistill_pruning = None
+    else:
+        if calibration is None:
+            raise InputError(
+                "student: importance pruning (layers, hidden_size, intermediate_size, "
+                "num_key_value_heads) needs calibration blocks from the training data"
+            )
+        imp = measure_importance(teacher, calibration, skip_kl=depth_metric == "skip_kl")
+        plan = plan_pruning(
+            teacher,
+            imp,
+            layers=chosen if chosen is not None else layers,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_key_value_heads=num_key_value_heads,
+            depth_metric=depth_metric,
+        )
+        student = apply_plan(teacher, plan, seed=seed)
+        chosen = plan.layers
+        student.kdistill_pruning = prune_summary(plan, imp)
+        student.config.kdistill_pruning = {
+            "depth_metric": depth_metric if layers is not None else "given",
+            "calibration_tokens": imp.calibration_tokens,
+            "hidden_size": student.config.hidden_size,
+            "intermediate_size": student.config.intermediate_size,
+            "num_key_value_heads": student.config.num_key_value_heads,
+        }
+    student.config.kdistill_teacher_layers = chosen
+    student.train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student
+
+
+def _copy_layers(teacher, blocks, chosen: list[int], seed: int):
+    """The kept blocks copied whole, with embeddings, final norm and head."""
+    from transformers import AutoModelForCausalLM
+
     config = copy.deepcopy(teacher.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.num_hidden_layers = len(chosen)
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[i] for i in chosen]
-    narrow = hidden_size is not None or intermediate_size is not None
-    if hidden_size is not None:
-        heads = config.num_attention_heads
-        if hidden_size % heads:
-            raise InputError(
-                f"student.hidden_size {hidden_size} must be divisible by "
-                f"num_attention_heads {heads}"
-            )
-        config.hidden_size = hidden_size
-        config.head_dim = hidden_size // heads
-    if intermediate_size is not None:
-        config.intermediate_size = intermediate_size
     torch.manual_seed(seed)
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if not narrow:
-        s_blocks = _blocks(student)
-        with torch.no_grad():
-            for dst, src in zip(s_blocks, chosen, strict=True):
-                dst.load_state_dict(blocks[src].state_dict())
-            student.model.embed_tokens.load_state_dict(teacher.model.embed_tokens.state_dict())
-            student.model.norm.load_state_dict(teacher.model.norm.state_dict())
-            if not config.tie_word_embeddings:
-                student.lm_head.load_state_dict(teacher.lm_head.state_dict())
+    s_blocks = _blocks(student)
+    with torch.no_grad():
+        for dst, src in zip(s_blocks, chosen, strict=True):
+            dst.load_state_dict(blocks[src].state_dict())
+        student.model.embed_tokens.load_state_dict(teacher.model.embed_tokens.state_dict())
+        student.model.norm.load_state_dict(teacher.model.norm.state_dict())
+        if not config.tie_word_embeddings:
+            student.lm_head.load_state_dict(teacher.lm_head.state_dict())
     if config.tie_word_embeddings:
         student.tie_weights()
-    student.config.kdistill_teacher_layers = chosen
-    student.train()
-    for p in student.parameters():
-        p.requires_grad_(True)
     return student

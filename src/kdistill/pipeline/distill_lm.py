@@ -22,8 +22,20 @@ def _threads(cfg: RunConfig) -> None:
         torch.set_num_threads(cfg.training.num_threads)
 
 
-def load_models(cfg: RunConfig, *, need_teacher: bool):
-    """(teacher or None, student, tokenizer, vocab_size) as the config says."""
+def calibration_blocks(dataset, n: int) -> list[torch.Tensor]:
+    """``n`` training blocks spread evenly over ``dataset``, each a (1, T) id tensor: the text
+    importance pruning measures on."""
+    if len(dataset) == 0:
+        raise InputError("pruning needs calibration text, but the training split is empty")
+    n = min(n, len(dataset))
+    idx = sorted({(i * len(dataset)) // n for i in range(n)})
+    return [dataset[i]["input_ids"].unsqueeze(0) for i in idx]
+
+
+def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
+    """(teacher or None, student, tokenizer, vocab_size) as the config says.
+
+    ``calibration``: tokenizer -> the training dataset, for a student pruned by importance."""
     from kdistill.models.loading import load_causal_lm
     from kdistill.models.student import build_student_from_teacher
     from kdistill.models.vocab import shared_vocab_size
@@ -39,7 +51,13 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
         source, s_tok = teacher, tok
         if cut_from != cfg.teacher.model:
             source, s_tok = load_causal_lm(cut_from, cfg.teacher.dtype, frozen=True)
+        n_calib = student_from.pop("calibration_blocks")
+        if calibration is not None and needs_calibration(student_from):
+            student_from["calibration"] = calibration_blocks(calibration(s_tok), n_calib)
         student = build_student_from_teacher(source, seed=cfg.seed, **student_from)
+        if student.kdistill_pruning is not None:
+            kept = student.config.kdistill_teacher_layers
+            log.info(f"student pruned by importance: teacher layers {kept}")
     elif cfg.student.model:
         student, s_tok = load_causal_lm(cfg.student.model, cfg.student.dtype)
         student.train()
@@ -58,6 +76,13 @@ def load_models(cfg: RunConfig, *, need_teacher: bool):
     if not need_teacher:
         teacher = None
     return teacher, student, tok, vocab
+
+
+def needs_calibration(student_from: dict) -> bool:
+    keys = ("layers", "hidden_size", "intermediate_size", "num_key_value_heads")
+    return any(student_from.get(k) is not None for k in keys) or (
+        student_from.get("depth_metric", "block_influence") != "block_influence"
+    )
 
 
 def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
@@ -115,7 +140,16 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     set_seed(cfg.seed)
     from kdistill.teachers.kinds import needs_model
 
-    teacher, student, tok, vocab = load_models(cfg, need_teacher=needs_model(cfg.teacher.kind))
+    built = {}
+
+    def lm_data(tokenizer):
+        if "lm" not in built:
+            built["lm"] = build_lm_datasets(tokenizer, cfg.data.source, **builders.data_kwargs(cfg))
+        return built["lm"][0]
+
+    teacher, student, tok, vocab = load_models(
+        cfg, need_teacher=needs_model(cfg.teacher.kind), calibration=lm_data
+    )
     if cfg.teacher.kind == "recorded":  # examples + log-probs from the run's recorded store
         from kdistill.teachers.recorded_store import STORE_DIR, recorded_datasets
 
@@ -123,7 +157,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             tok, cfg.data.source, **builders.data_kwargs(cfg), store_dir=run_dir / STORE_DIR
         )
     else:
-        train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
+        train_ds = lm_data(tok)
     kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab)
     from kdistill.training.terms import build_terms
 

@@ -9,6 +9,7 @@ models and data, then calls :meth:`RunFolder.save_config` and trains.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,9 @@ def save_final_model(model, tokenizer, run_dir: Path) -> Path:
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
+        pruning = getattr(model, "kdistill_pruning", None)
+        if pruning is not None:  # kept indices and importance scores of a pruned student
+            (tmp / "pruning.json").write_text(json.dumps(pruning))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
