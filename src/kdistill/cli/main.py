@@ -319,6 +319,57 @@ def report(
 
 
 @app.command()
+def export(
+    source: Annotated[
+        str, typer.Argument(help="a run folder (config.yaml + model/), a model folder or name")
+    ],
+    out: Annotated[Path, typer.Option(help="folder for hf/, *.gguf and README.md")],
+    gguf: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF types, comma-separated: f32, f16, q8_0 (gguf), q4_k_m, q5_k_m, "
+            "q6_k (llama.cpp's quantizer, the serve extra)"
+        ),
+    ] = None,
+    hf: Annotated[bool, typer.Option("--hf/--no-hf", help="write the Hugging Face folder")] = True,
+    tokenizer_gguf: Annotated[
+        str | None,
+        typer.Option(help="GGUF whose tokenizer the student shares (default: the run's teacher)"),
+    ] = None,
+    gguf_pre: Annotated[
+        str | None,
+        typer.Option(
+            help="llama.cpp pre-tokenizer name, to build the GGUF tokenizer from a "
+            "byte-level BPE tokenizer.json"
+        ),
+    ] = None,
+    results: Annotated[
+        str | None,
+        typer.Option(help="results.json from `kdistill eval`/demo: figures for the card"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="the model's name in --results and on the card")
+    ] = None,
+    fresh: FreshOpt = False,
+):
+    """Export a student: a Hugging Face folder (safetensors, tokenizer, chat template) and GGUF
+    files for llama.cpp, each with a model card (teacher, data, method, figures, license)."""
+    from kdistill.pipeline.export import run_export
+
+    run_export(
+        source,
+        str(out),
+        hf=hf,
+        gguf=[k.strip() for k in gguf.split(",") if k.strip()] if gguf else None,
+        tokenizer_gguf=tokenizer_gguf,
+        gguf_pre=gguf_pre,
+        results=results,
+        name=name,
+        fresh=fresh,
+    )
+
+
+@app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where runs and results.json go")] = Path(
         "runs/demo"
