@@ -54,7 +54,7 @@ ENTRIES: dict[str, list[str]] = {
     # a sweep's cells/ holds one run folder (and cell.json) per cell, all written by it
     "sweep": ["sweep.json", "sweep.html", "sweep.md", "plots", "cells"],
     # an export: the Hugging Face folder, GGUF files, the model card
-    "export": ["hf", "*.gguf", "README.md", "export.json"],
+    "export": ["hf", "int8", "*.gguf", "README.md", "export.json"],
     "generations": [
         "generations.jsonl",
         "generations.quarantine.jsonl",

@@ -82,3 +82,26 @@ def test_export_refusals(tiny_teacher_dir, tmp_path, capsys):
     assert main(["export", str(tiny_teacher_dir), "--out", str(out), "--gguf", "f32"]) == 2
     assert "--gguf-pre" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
+
+
+def test_int8_export_loads_back_smaller_and_close(tiny_teacher_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from kdistill.eval.resources import dir_size, weight_bytes
+    from kdistill.models.loading import load_causal_lm
+
+    pytest.importorskip("torchao")
+    out = tmp_path / "o"
+    assert main(["export", str(tiny_teacher_dir), "--out", str(out), "--int8", "--no-hf"]) == 0
+    ref = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    q, _ = load_causal_lm(str(out / "int8"), frozen=True)
+    assert q.get_input_embeddings().weight is q.get_output_embeddings().weight  # still tied
+    assert type(q.lm_head.weight).__name__ == "Int8Tensor"
+    assert weight_bytes(q) <= 0.35 * weight_bytes(ref)
+    assert dir_size(out / "int8") <= 0.35 * dir_size(tiny_teacher_dir)
+    ids = torch.tensor([[1, 5, 9, 40, 77, 3, 12, 8]])
+    a, b = _logits(q, ids), _logits(ref, ids)
+    assert 0 < (a - b).abs().max() < 0.05 * b.abs().max()  # quantized: close, not equal
+    again, _ = load_causal_lm(str(out / "int8"), frozen=True)
+    assert torch.equal(_logits(again, ids), a)  # the saved folder reloads to the same model
+    assert "int8" in (out / "int8" / "README.md").read_text()

@@ -332,6 +332,12 @@ def export(
         ),
     ] = None,
     hf: Annotated[bool, typer.Option("--hf/--no-hf", help="write the Hugging Face folder")] = True,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="also write int8/: weight-only int8 (torchao, the compress extra)"
+        ),
+    ] = False,
     tokenizer_gguf: Annotated[
         str | None,
         typer.Option(help="GGUF whose tokenizer the student shares (default: the run's teacher)"),
@@ -360,6 +366,7 @@ def export(
         source,
         str(out),
         hf=hf,
+        int8=int8,
         gguf=[k.strip() for k in gguf.split(",") if k.strip()] if gguf else None,
         tokenizer_gguf=tokenizer_gguf,
         gguf_pre=gguf_pre,

@@ -40,6 +40,11 @@ def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes held by the model's parameters and buffers (shared tensors counted once)."""
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
+        if hasattr(t, "qdata") and hasattr(t, "scale"):  # a torchao int8 weight: its parts
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += sum(x.numel() * x.element_size() for x in (t.qdata, t.scale))
+            continue
         key = t.untyped_storage().data_ptr()
         if key in seen:
             continue

@@ -121,6 +121,11 @@ def load_causal_lm(spec: str, dtype: str = "float32", *, frozen: bool = False):
         if gguf:
             model, tok = load_gguf(folder / gguf, DTYPES[dtype])
             model = to_plain_model(model)
+        elif (folder / "quantization.json").is_file():  # an int8 student (kdistill export)
+            from kdistill.models.quantize import load_quantized
+
+            model = load_quantized(folder)
+            tok = load_tokenizer(str(folder))
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
             tok = load_tokenizer(str(folder))

@@ -154,6 +154,7 @@ def run_export(
     out: str,
     *,
     hf: bool = True,
+    int8: bool = False,
     gguf: list[str] | None = None,
     tokenizer_gguf: str | None = None,
     gguf_pre: str | None = None,
@@ -170,8 +171,12 @@ def run_export(
         raise InputError(
             f"--gguf {bad[0]!r}: use {', '.join((*GGUF_TYPES, *K_QUANTS))} (comma-separated)"
         )
-    if not hf and not kinds:
-        raise InputError("nothing to export: drop --no-hf or give --gguf TYPES")
+    if not hf and not kinds and not int8:
+        raise InputError("nothing to export: drop --no-hf, or give --int8 or --gguf TYPES")
+    if int8:
+        from kdistill.models.quantize import _torchao
+
+        _torchao()  # the extra is there, before any model loads
     spec, run_cfg = _source(source)
     tok_gguf = Path(tokenizer_gguf).expanduser() if tokenizer_gguf else teacher_gguf(run_cfg)
     if tok_gguf is not None and not tok_gguf.is_file():
@@ -193,6 +198,8 @@ def run_export(
         card = model_card(model, run_cfg, figures, label)
         lic, _ = teacher_license(run_cfg)
         written = _write(folder.path, model, tok, card, hf, kinds, tok_gguf, gguf_pre, label, lic)
+        if int8:
+            written.append(_write_int8(folder.path, model, tok, card))
         atomic_write_json(
             folder.path / "export.json",
             {"source": source, "files": written, "license": lic, "kdistill": __version__},
@@ -201,6 +208,24 @@ def run_export(
         for f in written:
             say(f"wrote {folder.path / f}")
         return folder.path
+
+
+def _write_int8(out: Path, model, tok, card: str) -> str:
+    """``out/int8``: the student with weight-only int8 weights (torchao), loadable by kdistill."""
+    from kdistill.models.quantize import quantize_int8, save_quantized
+    from kdistill.models.storage import write_folder_atomically
+
+    quantize_int8(model)  # last: the other formats were written from the fp32 weights
+
+    def fill(tmp: Path) -> None:
+        save_quantized(model, tok, tmp)
+        (tmp / "README.md").write_text(
+            card + "\nWeights: int8, one fp32 scale per output row (torchao, weight-only); "
+            "load with kdistill (`kdistill eval --model name=<this folder>`).\n"
+        )
+
+    write_folder_atomically(out / "int8", fill, "kdistill-export")
+    return "int8"
 
 
 def _write(out: Path, model, tok, card, hf, kinds, tok_gguf, pre, label, lic) -> list[str]:
