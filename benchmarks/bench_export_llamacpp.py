@@ -1,4 +1,4 @@
-"""A trained student exported by `kdistill export` (F32, F16, Q8_0 GGUF), served by the real
+"""A trained student exported by `kdistill export` (F32, F16, Q8_0 and Q4_K_M GGUF), served by the real
 llama.cpp server (the `serve` extra), against the torch student: greedy text on fixed prompts
 and the per-token log-probabilities of the torch student's greedy tokens. Writes
 benchmarks/results/export_llamacpp_cpu.json.
@@ -65,14 +65,15 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_export"))
     args = ap.parse_args()
-    cmd = [KDISTILL, "export", str(args.run), "--out", str(args.out), "--gguf", "f32,f16,q8_0"]
+    kinds = ("f32", "f16", "q8_0", "q4_k_m")
+    cmd = [KDISTILL, "export", str(args.run), "--out", str(args.out), "--gguf", ",".join(kinds)]
     subprocess.run([*cmd, "--fresh"], check=True)
     model, tok = load_causal_lm(str(args.out / "hf"), frozen=True)
     ref = {p: torch_greedy(model, tok, p) for p in PROMPTS}
-    sizes = {k: (args.out / f"student-{k}.gguf").stat().st_size for k in ("f32", "f16", "q8_0")}
+    sizes = {k: (args.out / f"student-{k}.gguf").stat().st_size for k in kinds}
     result = {"run": str(args.run), "prompts": len(PROMPTS), "new_tokens": NEW_TOKENS}
     result["gguf_bytes"] = sizes
-    for kind in ("f32", "f16", "q8_0"):
+    for kind in kinds:
         proc, url = serve(args.out / f"student-{kind}.gguf", args.out / f"server-{kind}.log")
         try:
             same, diffs, rows = 0, [], []
@@ -98,7 +99,7 @@ def main() -> None:
         print(kind, same, "/", len(PROMPTS), result[kind]["max_abs_logprob_diff"], flush=True)
     out = HERE / "results" / "export_llamacpp_cpu.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("f32", "f16", "q8_0")}))
+    print(json.dumps({k: v for k, v in result.items() if k not in kinds}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ import torch
 from kdistill.errors import InputError
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
-K_QUANTS = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* values
+# llama.cpp's file types, by the name llama_cpp exports them under
+K_QUANTS = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
 _FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}
 _TENSOR_NAMES = {
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -247,7 +252,7 @@ def k_quantize(src: Path, dst: Path, kind: str) -> Path:
     if not hasattr(llama_cpp, "llama_model_quantize"):
         raise InputError(f"this llama_cpp has no llama_model_quantize: {kind} is unavailable")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = K_QUANTS[kind]
+    params.ftype = getattr(llama_cpp, K_QUANTS[kind])
     tmp = dst.with_name(f".{dst.name}.partial")
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0 or not tmp.is_file():
