@@ -1,5 +1,5 @@
-"""A trained student exported by `kdistill export` (F32, F16, Q8_0 and Q4_K_M GGUF), served by the real
-llama.cpp server (the `serve` extra), against the torch student: greedy text on fixed prompts
+"""A trained student exported by `kdistill export` (F32, F16, Q8_0 and Q4_K_M GGUF), served by
+the real llama.cpp server (the `serve` extra), against the torch student: greedy text on fixed prompts
 and the per-token log-probabilities of the torch student's greedy tokens. Writes
 benchmarks/results/export_llamacpp_cpu.json.
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import torch
+
 from bench_on_policy_served import serve
 
 HERE = Path(__file__).resolve().parent
