@@ -1,6 +1,6 @@
 """A trained student exported by `kdistill export` (F32, F16, Q8_0 and Q4_K_M GGUF), served by
-the real llama.cpp server (the `serve` extra), against the torch student: greedy text on fixed prompts
-and the per-token log-probabilities of the torch student's greedy tokens. Writes
+the real llama.cpp server (the `serve` extra), against the torch student: greedy text on fixed
+prompts and the per-token log-probabilities of the torch student's greedy tokens. Writes
 benchmarks/results/export_llamacpp_cpu.json.
 
   .venv/bin/python benchmarks/bench_export_llamacpp.py RUN_FOLDER [--out runs/bench_export]
