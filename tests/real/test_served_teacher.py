@@ -347,3 +347,37 @@ def test_served_scorer_f32_gives_the_local_teachers_log_probs_on_student_samples
     trainer.train()
     assert trainer.targets_seen > 0
     assert not torch.equal(before, student.model.layers[0].mlp.up_proj.weight)
+
+
+def test_exported_student_gguf_served_by_llama_cpp_gives_the_torch_greedy_text(
+    real_teacher, tmp_path
+):
+    """`kdistill export --gguf f32` of a student pruned from the real teacher (16 layers, 896
+    MLP neurons: explicit head_dim, untypical widths), served by the real llama.cpp server:
+    the torch student's greedy tokens on 6 prompts, log-probs within 1e-2 nats."""
+    from kdistill.models.student import build_student_from_teacher
+
+    teacher, tok = real_teacher
+    calib = [tok(p, return_tensors="pt").input_ids for p in PARITY_PROMPTS]
+    student = build_student_from_teacher(
+        teacher, layers=16, intermediate_size=896, calibration=calib
+    ).eval()
+    folder = tmp_path / "student"
+    student.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "export"
+    gguf = str(bundled_gguf_path("smollm2-135m"))
+    argv = ["export", str(folder), "--out", str(out), "--no-hf", "--gguf", "f32"]
+    assert main([*argv, "--tokenizer-gguf", gguf]) == 0
+    for url in _serve(out / "student-f32.gguf", tmp_path / "server.log"):
+        for prompt in PARITY_PROMPTS:
+            ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                seq = student.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+                logits = student(input_ids=seq).logits[0, ids.shape[1] - 1 : -1]
+            new = seq[0, ids.shape[1] :]
+            ours = torch.log_softmax(logits.float(), -1).gather(1, new[:, None])[:, 0]
+            got = _complete(url, prompt, 12, ignore_eos=True)
+            assert "".join(got["tokens"]) == tok.decode(new), prompt
+            diff = (torch.tensor(got["token_logprobs"]) - ours).abs().max().item()
+            assert diff < 1e-2, (prompt, diff)
