@@ -64,13 +64,15 @@ class PrunePlan:
         return asdict(self)
 
 
-def _decoder(model):
+def decoder_blocks(model, doing: str = "prune"):
+    """(``model.model``, its decoder blocks) of a Llama-style LM, or one line saying why not
+    (``doing`` names the operation in it)."""
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise InputError(
-            f"cannot prune {type(model).__name__}: expected decoder blocks at model.model.layers "
-            "(Llama-style); give the student as its own model instead"
+            f"cannot {doing} {type(model).__name__}: expected decoder blocks at "
+            "model.model.layers (Llama-style); give the student as its own model instead"
         )
     return inner, layers
 
@@ -99,7 +101,7 @@ def measure_importance(model, batches: list[torch.Tensor], *, skip_kl: bool = Fa
     """Scores of ``model``'s units on ``batches`` (token-id tensors of shape (B, T))."""
     if not batches:
         raise InputError("pruning needs calibration text: no calibration blocks were given")
-    inner, blocks = _decoder(model)
+    inner, blocks = decoder_blocks(model)
     hidden, heads, kv, head_dim = _shape(model)
     rep = heads // kv
     n_layers = len(blocks)
@@ -241,7 +243,7 @@ def plan_pruning(
     depth_metric: str = "block_influence",
 ) -> PrunePlan:
     """The kept units. ``layers``: a count (ranked by ``depth_metric``) or explicit indices."""
-    _, blocks = _decoder(model)
+    _, blocks = decoder_blocks(model)
     hidden, _, kv, _ = _shape(model)
     n = len(blocks)
     inter = model.config.intermediate_size
@@ -305,7 +307,7 @@ def apply_plan(teacher, plan: PrunePlan, *, seed: int = 0):
     """A new fp32 model holding the teacher's weights sliced as ``plan`` says."""
     from transformers import AutoModelForCausalLM
 
-    _decoder(teacher)
+    decoder_blocks(teacher)
     hidden, heads, kv, head_dim = _shape(teacher)
     rep = heads // kv
     ch = torch.tensor(plan.channels, dtype=torch.long)

@@ -47,14 +47,9 @@ def select_layers(
 
 
 def _blocks(model) -> torch.nn.ModuleList:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise InputError(
-            f"cannot build a student from {type(model).__name__}: expected decoder blocks at "
-            "model.model.layers (Llama-style); give the student as its own model instead"
-        )
-    return layers
+    from kdistill.models.prune import decoder_blocks
+
+    return decoder_blocks(model, "build a student from")[1]
 
 
 def build_student_from_teacher(
