@@ -69,11 +69,13 @@ def teacher_license(run_cfg: dict | None) -> tuple[str, str]:
     return "unknown", spec
 
 
-def model_card(model, run_cfg: dict | None, figures: dict | None, name: str) -> str:
+def model_card(
+    model, run_cfg: dict | None, figures: dict | None, name: str, license_of=None
+) -> str:
     """The README.md of an export: teacher, data, method, figures, license terms."""
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     c = model.config
-    lic, teacher = teacher_license(run_cfg)
+    lic, teacher = license_of or teacher_license(run_cfg)
     lines = [
         "---",
         f"license: {lic}",
@@ -195,8 +197,8 @@ def run_export(
         model, tok = load_causal_lm(spec, frozen=True)
         if kinds:
             check_gguf_exportable(model.config)
-        card = model_card(model, run_cfg, figures, label)
-        lic, _ = teacher_license(run_cfg)
+        lic, teacher_name = teacher_license(run_cfg)  # reads the teacher's GGUF once
+        card = model_card(model, run_cfg, figures, label, (lic, teacher_name))
         written = _write(folder.path, model, tok, card, hf, kinds, tok_gguf, gguf_pre, label, lic)
         if int8:
             written.append(_write_int8(folder.path, model, tok, card))
