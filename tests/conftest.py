@@ -47,6 +47,63 @@ def make_tokenizer(texts: list[str], vocab_size: int = 300):
     return fast
 
 
+def make_sentencepiece_tokenizer(texts: list[str], vocab_size: int = 200, extra=()):
+    """A Gemma-style tokenizer: spaces as ``▁``, BPE with byte fallback (``<0xNN>`` pieces
+    for anything not in the vocabulary), ``<bos>`` put in front, a Gemma-like chat template.
+    ``extra``: whole pieces to add to the vocabulary (hand-worked splits)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tok.train_from_iterator(texts, trainer)
+    spec = json.loads(tok.to_str())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    for piece in [f"<0x{b:02X}>" for b in range(256)]:
+        vocab.setdefault(piece, len(vocab))
+    for word in extra:  # built left to right, one merge per character
+        for k in range(2, len(word) + 1):
+            left, right = word[: k - 1], word[k - 1]
+            vocab.setdefault(left, len(vocab))
+            vocab.setdefault(right, len(vocab))
+            if word[:k] not in vocab:
+                vocab[word[:k]] = len(vocab)
+                merges.insert(0, [left, right])
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ],
+    }
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [
+            {"SpecialToken": {"id": "<bos>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<bos>": {"id": "<bos>", "ids": [vocab["<bos>"]], "tokens": ["<bos>"]}},
+    }
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
+    fast.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+        "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    )
+    return fast
+
+
 def make_tiny_lm(
     tokenizer, *, layers: int = 4, hidden: int = 32, seed: int = 0, pad_vocab_to: int | None = None
 ):

@@ -268,3 +268,30 @@ def random_labels(shape, vocab, seed, masked_fraction=0.3, ignore_index=-100):
     y = torch.randint(0, vocab, tuple(shape), generator=g)
     mask = torch.rand(tuple(shape), generator=g) < masked_fraction
     return torch.where(mask, torch.full_like(y, ignore_index), y)
+
+
+# ------------------------------------------------------------------ cross-vocabulary targets
+
+
+def mapped_buckets(p_t: list[float], t2s: list[int], kept: list[int]) -> list[float]:
+    """Teacher probabilities over its own ids moved onto student ids: one bucket per id in
+    ``kept`` (the student ids some teacher id maps to), then the tail (everything unmapped)."""
+    out = [0.0] * (len(kept) + 1)
+    for t_id, p in enumerate(p_t):
+        s_id = t2s[t_id]
+        if s_id in kept:
+            out[kept.index(s_id)] += p
+        else:
+            out[-1] += p
+    return out
+
+
+def uld_ref(p_s: list[float], p_t: list[float]) -> float:
+    """ULD: both probability vectors sorted decreasingly, the shorter padded with zeros,
+    summed absolute difference."""
+    a = sorted(p_s, reverse=True)
+    b = sorted(p_t, reverse=True)
+    n = max(len(a), len(b))
+    a += [0.0] * (n - len(a))
+    b += [0.0] * (n - len(b))
+    return sum(abs(x - y) for x, y in zip(a, b, strict=True))

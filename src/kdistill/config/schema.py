@@ -70,6 +70,13 @@ class StudentFromTeacher(Strict):
     calibration_blocks: int = Field(
         16, ge=1, description="training blocks the importance scores are measured on"
     )
+    tokenizer_vocab: int | None = Field(
+        None,
+        ge=300,
+        description="give the student its own byte-level BPE tokenizer of this many ids, "
+        "trained on the training split only; its embeddings start from the source's rows "
+        "of the same strings. Distil it with teacher.kind=aligned (e.g. 8192)",
+    )
 
     @model_validator(mode="after")
     def _one_choice(self):
@@ -111,6 +118,7 @@ class TeacherSpec(Strict):
         description="model: the teacher runs beside the student | store: sparse targets "
         "from `kdistill cache` (teacher.path) | recorded: top logprobs stored with the "
         "generations in data.source | served: a server scores the text (teacher.base_url) "
+        "| aligned: a teacher model with another tokenizer (teacher.objective) "
         "| none: no teacher (the same-size baseline)",
     )
     model: str | None = Field(
@@ -166,6 +174,20 @@ class ServedTeacherSpec(TeacherSpec):
     max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts")
 
 
+class AlignedTeacherSpec(TeacherSpec):
+    """A teacher model with another tokenizer than the student's (cross-tokenizer KD): the
+    student's text is re-tokenised for the teacher and positions are aligned by text."""
+
+    kind: Literal["aligned"] = "aligned"
+    objective: Literal["mapped", "uld"] = Field(
+        "mapped",
+        description="mapped: the teacher's mass moved onto student tokens with the same "
+        "string, the rest in a tail bucket (any distill.divergence) | uld: Wasserstein-1 "
+        "between the sorted probability vectors (no shared strings needed; "
+        "distill.divergence unused)",
+    )
+
+
 # teacher.kind -> its settings; register_teacher_spec adds kinds (also from outside kdistill)
 TEACHER_SPECS: dict[str, type[TeacherSpec]] = {
     "model": ModelTeacherSpec,
@@ -173,6 +195,7 @@ TEACHER_SPECS: dict[str, type[TeacherSpec]] = {
     "recorded": RecordedTeacherSpec,
     "none": NoTeacherSpec,
     "served": ServedTeacherSpec,
+    "aligned": AlignedTeacherSpec,
 }
 
 

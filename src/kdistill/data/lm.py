@@ -336,6 +336,15 @@ def record_text(record) -> str:
     return f"{record.get('prompt', '')}{record.get('completion', '')}"
 
 
+def training_texts(
+    source: str, *, held_out_fraction: float, seed: int = 0, text_field: str = "text"
+) -> list[str]:
+    """The training records (the same split as training; never a held-out one) as text:
+    what a student's own tokenizer is trained on."""
+    train, _ = split_held_out(load_records(source, text_field), held_out_fraction, seed)
+    return [t for t in (record_text(r) for r in train) if t.strip()]
+
+
 def held_out_texts(
     source: str,
     *,

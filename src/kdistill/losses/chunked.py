@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kdistill.losses.cross_vocab import CrossVocabTeacher, SortedSignal
 from kdistill.losses.divergences import _mixture_logp, get_divergence
 from kdistill.losses.objective import (
     KDSums,
@@ -48,7 +49,7 @@ from kdistill.signals import DenseSignal, SparseSignal, fp32_or_wider
 class _Spec:
     """Everything the autograd function needs besides the differentiable inputs."""
 
-    teacher: object  # None | (N, V) logits | (N, H_t) hidden | DenseSignal | SparseSignal
+    teacher: object  # None | (N, V) logits | (N, H_t) hidden | Dense/SparseSignal | CrossVocab
     teacher_head: tuple | None  # (weight (V, H_t), bias (V,) | None), math dtype
     labels: torch.Tensor | None  # (N,)
     kd_temperature: float
@@ -64,6 +65,7 @@ class _Spec:
     logit_scale: float | None
     softcap: float | None
     grad_enabled: bool  # torch.is_grad_enabled() at the call (forward itself runs without)
+    soft_mask: torch.Tensor | None = None  # (N,) bool: positions with a soft target
 
 
 def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
@@ -79,6 +81,8 @@ def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
 def _teacher_chunk(spec: _Spec, sl: slice, dtype: torch.dtype):
     """The teacher over positions ``sl``: logits ``(C, V)``, a Dense or a SparseSignal."""
     t = spec.teacher
+    if isinstance(t, CrossVocabTeacher):  # another vocabulary: mapped or sorted (ULD) target
+        return t.target(sl, spec.kd_temperature, dtype)
     if isinstance(t, SparseSignal):
         return SparseSignal(
             t.ids[sl], t.logprobs[sl], t.log_tail[sl], t.vocab_size, t.made_at_temperature
@@ -174,7 +178,7 @@ def _closed_form(spec: _Spec, z, t_chunk, labels, valid, need_grad: bool):
     return soft_sum, hard_sum, grad.masked_fill_(~valid.unsqueeze(-1), 0.0)
 
 
-def _by_autograd(spec: _Spec, z, t_chunk, labels, valid, need_grad: bool):
+def _by_autograd(spec: _Spec, z, t_chunk, labels, valid, need_grad: bool, soft_mask=None):
     """Sums and ``d(part)/dz`` (None unless ``need_grad``) via autograd through
     :func:`kd_sums` on the chunk: exactly the reference code path."""
     with torch.set_grad_enabled(need_grad):
@@ -189,6 +193,7 @@ def _by_autograd(spec: _Spec, z, t_chunk, labels, valid, need_grad: bool):
             skew_alpha=spec.skew_alpha,
             ignore_index=spec.ignore_index,
             compute_hard=spec.hard_coef != 0 and labels is not None,
+            soft_mask=soft_mask,
         )
         if not need_grad:
             return sums.soft_sum, sums.hard_sum, None
@@ -205,10 +210,11 @@ def _chunk(spec: _Spec, h, w, b, sl: slice, valid, labels, need_grad: bool):
     del x
     t_chunk = None if spec.teacher is None else _teacher_chunk(spec, sl, spec.dtype)
     out = None
-    if not isinstance(t_chunk, SparseSignal):
+    soft_mask = None if spec.soft_mask is None else spec.soft_mask[sl]
+    if soft_mask is None and not isinstance(t_chunk, (SparseSignal, SortedSignal)):
         out = _closed_form(spec, z, t_chunk, labels, valid, need_grad)
     if out is None:
-        out = _by_autograd(spec, z, t_chunk, labels, valid, need_grad)
+        out = _by_autograd(spec, z, t_chunk, labels, valid, need_grad, soft_mask)
     c_soft, c_hard, g = out
     if g is not None and spec.softcap is not None:
         g.mul_((z / spec.softcap).square_().neg_().add_(1.0))  # dz/dx = 1 - (z/c)^2, z intact
@@ -298,6 +304,12 @@ def _check_inputs(hidden, head_weight, teacher, labels, teacher_head_weight, chu
                 f"vocab mismatch: student head V={vocab}, teacher head "
                 f"{tuple(teacher_head_weight.shape)}; slice both to the shared vocabulary"
             )
+    elif isinstance(teacher, CrossVocabTeacher):
+        if teacher.rows != n or teacher.student_vocab != vocab:
+            raise ValueError(
+                f"cross-vocabulary teacher covers {teacher.rows} rows for V_s="
+                f"{teacher.student_vocab}; need {n} rows for V_s={vocab}"
+            )
     elif isinstance(teacher, (DenseSignal, SparseSignal)):
         lead = teacher.logprobs.shape[:-1]
         if tuple(lead) != (n,) or teacher.vocab_size != vocab:
@@ -333,6 +345,7 @@ def chunked_kd_loss(
     softcap: float | None = None,
     teacher_head_weight: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
+    soft_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, KDSums]:
     """KD loss over ``N`` positions without ever holding ``(N, V)`` student logits.
 
@@ -346,13 +359,17 @@ def chunked_kd_loss(
             ``teacher_head_weight`` ``(V, H_t)`` (and optional ``teacher_head_bias`` ``(V,)``;
             projected chunk by chunk without grad, with the same ``logit_scale`` and
             ``softcap``); a :class:`DenseSignal` or :class:`SparseSignal` over the N
-            positions; or ``None`` for the hard term only (then ``soft_weight`` must be 0).
+            positions; a :class:`~kdistill.losses.cross_vocab.CrossVocabTeacher` (a teacher
+            over another vocabulary: mapped KD or ULD, its targets made a chunk at a time);
+            or ``None`` for the hard term only (then ``soft_weight`` must be 0).
         labels: ``(N,)`` aligned targets, ``ignore_index`` = masked; ``None``: every position
             counts and the hard term is skipped.
         kd_temperature, soft_weight, hard_weight, divergence, beta, skew_alpha, scale_by_t2,
             ignore_index: as in :func:`kdistill.losses.objective.kd_loss`.
         num_items: the global valid-position count to divide by (default: this call's count).
         chunk_size: positions per chunk; peak extra memory grows with ``chunk_size * V``.
+        soft_mask: ``(N,)`` bool, positions that have a soft target (None: all); the
+            others keep their hard term and count.
         logit_scale: multiply the logits by this (e.g. Cohere); ``softcap``: cap ``c``,
             logits become ``c * tanh(logits / c)`` (Gemma's ``final_logit_softcapping``).
 
@@ -396,6 +413,7 @@ def chunked_kd_loss(
         logit_scale=logit_scale,
         softcap=softcap,
         grad_enabled=torch.is_grad_enabled(),
+        soft_mask=soft_mask,
     )
     loss, soft, hard, count = _ChunkedKD.apply(student_hidden, head_weight, head_bias, spec)
     return loss, KDSums(soft, hard, count)

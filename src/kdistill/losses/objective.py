@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdistill.losses.cross_vocab import SortedSignal, uld
 from kdistill.losses.divergences import get_divergence
 from kdistill.losses.sparse import student_buckets_from_logits, teacher_buckets
 from kdistill.signals import DenseSignal, SparseSignal, TeacherSignal, fp32_or_wider
@@ -67,7 +68,7 @@ def check_weights(soft_weight: float, hard_weight: float) -> None:
 def _teacher_logp(teacher, kd_temperature: float) -> torch.Tensor | SparseSignal:
     if isinstance(teacher, DenseSignal):
         return teacher.at_temperature(kd_temperature)
-    if isinstance(teacher, SparseSignal):
+    if isinstance(teacher, (SparseSignal, SortedSignal)):
         return teacher.at_temperature(kd_temperature)
     if isinstance(teacher, torch.Tensor):
         t = fp32_or_wider(teacher)
@@ -78,6 +79,11 @@ def _teacher_logp(teacher, kd_temperature: float) -> torch.Tensor | SparseSignal
 
 
 def _check_shapes(student_logits: torch.Tensor, teacher, labels) -> None:
+    if isinstance(teacher, SortedSignal):  # another vocabulary: only the positions must agree
+        t_lead, s_lead = tuple(teacher.probs.shape[:-1]), tuple(student_logits.shape[:-1])
+        if t_lead != s_lead:
+            raise ValueError(f"shape mismatch: student positions {s_lead} vs teacher {t_lead}")
+        return
     if not isinstance(teacher, (torch.Tensor, DenseSignal, SparseSignal)):
         raise ValueError(
             f"teacher must be logits (torch.Tensor), DenseSignal or SparseSignal, got "
@@ -118,16 +124,21 @@ def kd_sums(
     skew_alpha: float = 0.1,
     ignore_index: int = -100,
     compute_hard: bool = True,
+    soft_mask: torch.Tensor | None = None,
 ) -> KDSums:
     """Sums of the soft and hard terms over valid positions.
 
     Args:
         student_logits: ``(..., V)`` raw student logits (any float dtype; math runs in fp32).
         teacher: raw teacher logits ``(..., V)``, a :class:`DenseSignal` or a
-            :class:`SparseSignal` over the same positions.
+            :class:`SparseSignal` over the same positions, or a
+            :class:`~kdistill.losses.cross_vocab.SortedSignal` (a teacher over another
+            vocabulary): then the soft term is ULD and ``divergence`` is not used.
         labels: ``(...)`` int targets aligned with the logits, ``ignore_index`` = masked.
             ``None``: every position counts and the hard term is 0.
         compute_hard: skip the cross-entropy (e.g. when its weight is 0).
+        soft_mask: ``(...)`` bool, the positions that have a soft target (None: all); the
+            others add 0 to the soft sum but keep their hard term and their count.
     """
     check_temperature(kd_temperature)
     div = get_divergence(divergence, beta=beta, skew_alpha=skew_alpha)
@@ -142,7 +153,10 @@ def kd_sums(
 
     t = _teacher_logp(teacher, kd_temperature)
     s_scaled = s_logits if kd_temperature == 1.0 else s_logits / kd_temperature
-    if isinstance(t, SparseSignal):
+    if isinstance(t, SortedSignal):
+        s_logp = torch.log_softmax(s_scaled, dim=-1)
+        per_pos = uld(t, s_logp)
+    elif isinstance(t, SparseSignal):
         t_buckets = teacher_buckets(t)
         # forward KL never looks at the student's tail when the teacher's tail is empty
         need_tail = divergence != "forward_kl" or not bool(torch.isneginf(t_buckets[..., -1]).all())
@@ -154,7 +168,8 @@ def kd_sums(
         s_logp = torch.log_softmax(s_scaled, dim=-1)
         per_pos = div(t, s_logp)
     zero = torch.zeros((), dtype=per_pos.dtype, device=per_pos.device)
-    soft_sum = torch.where(valid, per_pos, zero).sum()
+    soft_valid = valid if soft_mask is None else valid & soft_mask.to(valid.device)
+    soft_sum = torch.where(soft_valid, per_pos, zero).sum()
 
     if labels is not None and compute_hard and kd_temperature == 1.0:
         # T = 1: the student log-probs are already at hand (dense) or one gather away (sparse)

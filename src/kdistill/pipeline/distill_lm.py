@@ -33,7 +33,9 @@ def calibration_blocks(dataset, n: int) -> list[torch.Tensor]:
 
 
 def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
-    """(teacher or None, student, tokenizer, vocab_size) as the config says.
+    """(teacher or None, student, tokenizer, vocab_size, teacher's tokenizer) as the config
+    says. The tokenizer is the one the data is tokenised with: the student's (which is the
+    teacher's unless ``teacher.kind`` is ``aligned``, a teacher with its own tokenizer).
 
     ``calibration``: tokenizer -> the training dataset, for a student pruned by importance."""
     from kdistill.models.loading import load_causal_lm
@@ -52,12 +54,15 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
         if cut_from != cfg.teacher.model:
             source, s_tok = load_causal_lm(cut_from, cfg.teacher.dtype, frozen=True)
         n_calib = student_from.pop("calibration_blocks")
+        own_vocab = student_from.pop("tokenizer_vocab", None)
         if calibration is not None and needs_calibration(student_from):
             student_from["calibration"] = calibration_blocks(calibration(s_tok), n_calib)
         student = build_student_from_teacher(source, seed=cfg.seed, **student_from)
         if student.kdistill_pruning is not None:
             kept = student.config.kdistill_teacher_layers
             log.info(f"student pruned by importance: teacher layers {kept}")
+        if own_vocab:
+            s_tok = _own_tokenizer(cfg, student, s_tok, own_vocab)
     elif cfg.student.model:
         student, s_tok = load_causal_lm(cfg.student.model, cfg.student.dtype)
         student.train()
@@ -65,8 +70,16 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
         raise InputError("student: set student.model or student.from_teacher")
     if tok is None:
         tok = s_tok
+    t_tok = tok
     vocab = len(tok)
-    if teacher is not None:
+    if cfg.teacher.kind == "aligned":  # the student's tokens are the data; the teacher aligns
+        tok, vocab = s_tok, len(s_tok)
+        if student.get_output_embeddings().weight.shape[0] < vocab:
+            raise InputError(
+                f"the student's output dim is smaller than its tokenizer's {vocab} ids; the "
+                "checkpoint does not match its tokenizer"
+            )
+    elif teacher is not None:
         vocab = shared_vocab_size(
             tok,
             s_tok,
@@ -75,7 +88,26 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
         )
     if not need_teacher:
         teacher = None
-    return teacher, student, tok, vocab
+    return teacher, student, tok, vocab, t_tok
+
+
+def _own_tokenizer(cfg: RunConfig, student, source_tok, vocab_size: int):
+    """Train the student's own tokenizer on the training split and re-embed the student."""
+    from kdistill.data.lm import training_texts
+    from kdistill.models.small_vocab import revocab, train_tokenizer
+
+    d = cfg.data
+    texts = training_texts(
+        d.source, held_out_fraction=d.held_out_fraction, seed=cfg.seed, text_field=d.text_field
+    )
+    new_tok = train_tokenizer(texts, vocab_size, like=source_tok)
+    info = revocab(student, source_tok, new_tok)
+    log.info(
+        f"student tokenizer: {info['tokenizer_vocab']} ids trained on {len(texts)} training "
+        f"records; {info['rows_copied']} embeddings copied, {info['rows_from_pieces']} from "
+        f"pieces; parameters {info['parameters_before']:,} -> {info['parameters_after']:,}"
+    )
+    return new_tok
 
 
 def needs_calibration(student_from: dict) -> bool:
@@ -85,7 +117,7 @@ def needs_calibration(student_from: dict) -> bool:
     )
 
 
-def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
+def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int, t_tok=None):
     """The run's teacher, built by its kind (``teacher.kind``)."""
     from kdistill.teachers.kinds import build_teacher
 
@@ -94,6 +126,7 @@ def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int):
         builders.teacher_settings(cfg),
         model=model,
         tokenizer=tok,
+        teacher_tokenizer=t_tok,
         dataset=train_ds,
         vocab_size=vocab,
         block_size=cfg.data.block_size,
@@ -142,12 +175,13 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
 
     built = {}
 
-    def lm_data(tokenizer):
-        if "lm" not in built:
-            built["lm"] = build_lm_datasets(tokenizer, cfg.data.source, **builders.data_kwargs(cfg))
-        return built["lm"][0]
+    def lm_data(tokenizer):  # built once per tokenizer (a student may get its own)
+        if id(tokenizer) not in built:
+            data = build_lm_datasets(tokenizer, cfg.data.source, **builders.data_kwargs(cfg))
+            built[id(tokenizer)] = data
+        return built[id(tokenizer)][0]
 
-    teacher, student, tok, vocab = load_models(
+    teacher, student, tok, vocab, t_tok = load_models(
         cfg, need_teacher=needs_model(cfg.teacher.kind), calibration=lm_data
     )
     if cfg.teacher.kind == "recorded":  # examples + log-probs from the run's recorded store
@@ -158,7 +192,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         )
     else:
         train_ds = lm_data(tok)
-    kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab)
+    kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab, t_tok)
     from kdistill.training.terms import build_terms
 
     terms = build_terms(builders.term_settings(cfg), student=student, teacher_model=teacher)
@@ -206,6 +240,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             "block_size": cfg.data.block_size,
             "baseline": builders.no_teacher(cfg),
             "teacher_kind": cfg.teacher.kind,
+            "teacher_signal": getattr(kd_teacher, "summary", lambda: None)(),
             "resumed_from": str(last) if last else None,
             "changed_on_resume": {k: list(v) for k, v in run.changed.items()},
         }

@@ -91,6 +91,12 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
         check_model_files(cfg.student.model, "student.model")
     if cfg.training.extra:
         check_training_extra(cfg.training.extra)
+    own_vocab = cfg.student.from_teacher and cfg.student.from_teacher.tokenizer_vocab
+    if own_vocab and kind not in ("aligned", "none"):
+        raise InputError(
+            "student.from_teacher.tokenizer_vocab gives the student its own tokenizer: distil "
+            f"it with teacher.kind=aligned (or none for the baseline), not {kind}"
+        )
     readers = [t for t in cfg.distill.terms if t.reads_teacher_states]
     if readers and kind != "model":
         names = ", ".join(t.name for t in readers)

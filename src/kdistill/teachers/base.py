@@ -17,6 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
+from kdistill.losses.cross_vocab import CrossVocabTeacher, SortedSignal
 from kdistill.signals import SparseSignal
 
 EXAMPLE_INDEX = "example_index"  # (B,) int64: which training examples the batch holds
@@ -30,10 +31,13 @@ class Want:
     states ``(B, L, H)`` plus the output head, from which the chunked loss makes logits a
     chunk at a time. A teacher that only has sparse targets returns those whatever the form.
     ``layers``: indices into ``hidden_states`` wanted as well (intermediate-layer terms).
+    ``kd_temperature``: the step's temperature, for targets that cannot be re-tempered once
+    made (a teacher over another vocabulary builds them at it).
     """
 
     form: Literal["logits", "hidden"] = "logits"
     layers: tuple[int, ...] = ()
+    kd_temperature: float = 1.0
 
 
 @dataclass
@@ -48,7 +52,13 @@ class TeacherSignal:
             made at its own temperature; row ``p`` targets the logits at position ``p``.
         layers: ``{k: (B, L, H)}`` hidden states asked for in ``want.layers``.
         valid: ``(B, L)`` bool, the positions the teacher gave a target for (a served scorer
-            may miss some); None: all. The loss skips the others.
+            may miss some); None: all.
+        valid_for: ``"all"``: the loss skips the other positions entirely; ``"soft"``: they
+            keep their hard CE (a teacher over another tokenizer aligns only some positions,
+            the student's own tokens are labels everywhere).
+        cross: a teacher over another vocabulary as hidden states + head, one row per
+            position ``(B * L, H_t)`` (``want.form == "hidden"``), targets made per chunk.
+        sorted: ``(B, L, R)`` sorted teacher probabilities for ULD (another vocabulary).
     """
 
     logits: torch.Tensor | None = None
@@ -58,6 +68,9 @@ class TeacherSignal:
     sparse: SparseSignal | None = None
     layers: dict[int, torch.Tensor] = field(default_factory=dict)
     valid: torch.Tensor | None = None
+    valid_for: Literal["all", "soft"] = "all"
+    cross: CrossVocabTeacher | None = None
+    sorted: SortedSignal | None = None
 
 
 @runtime_checkable

@@ -1,5 +1,5 @@
 """The built-in teacher kinds, registered by name: ``model``, ``store``, ``recorded``,
-``served``, ``none`` (see :mod:`kdistill.teachers.base`), and :func:`build_teacher`."""
+``served``, ``aligned``, ``none`` (see :mod:`kdistill.teachers.base`), and :func:`build_teacher`."""
 
 from __future__ import annotations
 
@@ -62,12 +62,24 @@ def _served(settings: dict, *, tokenizer, vocab_size: int, **_):
     )
 
 
+def _aligned(settings: dict, *, model, tokenizer, teacher_tokenizer=None, vocab_size: int, **_):
+    """The teacher model with its own tokenizer (see :mod:`kdistill.teachers.aligned`)."""
+    from kdistill.teachers.aligned import AlignedTeacher
+
+    if teacher_tokenizer is None:
+        raise InputError("teacher.kind=aligned needs the teacher's own tokenizer")
+    return AlignedTeacher(
+        model, teacher_tokenizer, tokenizer, objective=settings["objective"], vocab_size=vocab_size
+    )
+
+
 register_teacher_kind(
     "model", lambda settings, *, model, **_: ModelTeacher(model), needs_model=True
 )
 register_teacher_kind("store", _store)
 register_teacher_kind("recorded", _recorded)
 register_teacher_kind("served", _served)
+register_teacher_kind("aligned", _aligned, needs_model=True)
 
 
 def build_teacher(kind: str, settings: dict, **context) -> Teacher:

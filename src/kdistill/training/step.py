@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.errors import KdistillError
+from kdistill.losses.cross_vocab import SortedSignal
 from kdistill.losses.divergences import reverse_kl
 from kdistill.losses.objective import KDSums, kd_sums
 from kdistill.losses.policy_gradient import sampled_reverse_kl
@@ -56,7 +57,7 @@ class KDSchedules:
 
 
 def _slice_vocab(x, vocab_size: int | None):
-    if vocab_size is None or isinstance(x, SparseSignal):
+    if vocab_size is None or isinstance(x, (SparseSignal, SortedSignal)):
         return x
     if isinstance(x, DenseSignal):
         if x.vocab_size == vocab_size:
@@ -67,6 +68,8 @@ def _slice_vocab(x, vocab_size: int | None):
 
 
 def check_teacher_finite(teacher, step: int) -> None:
+    if isinstance(teacher, SortedSignal):
+        teacher = teacher.probs
     values = teacher.logprobs if isinstance(teacher, (DenseSignal, SparseSignal)) else teacher
     if isinstance(teacher, SparseSignal):
         values = torch.where(teacher.ids >= 0, teacher.logprobs, 0.0)
@@ -89,6 +92,7 @@ def kd_step_sums(
     skew_alpha: float = 0.1,
     vocab_size: int | None = None,
     ignore_index: int = -100,
+    soft_mask: torch.Tensor | None = None,
 ) -> KDSums:
     """Sums for one micro-batch. ``teacher=None`` (baseline) gives the hard term only.
 
@@ -119,6 +123,7 @@ def kd_step_sums(
         skew_alpha=skew_alpha,
         ignore_index=ignore_index,
         compute_hard=knobs.hard_weight != 0,
+        soft_mask=soft_mask,
     )
 
 

@@ -188,10 +188,13 @@ class KDTrainer(Trainer):
         outputs = model(**inputs, output_hidden_states=True) if self.terms else model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         teacher_logits = None
-        want = Want("logits", layers=self._teacher_layers)
+        want = Want("logits", layers=self._teacher_layers, kd_temperature=knobs.kd_temperature)
         sig = self.teacher.signal(ask, want=want) if ask is not None else None
-        labels = _scored_only(labels, sig)
-        if sig is not None and sig.sparse is not None:
+        labels, soft_mask = _scored_only(labels, sig)
+        if sig is not None and sig.sorted is not None:  # another vocabulary: ULD
+            teacher_logits = sig.sorted
+            check_teacher_finite(teacher_logits, step)
+        elif sig is not None and sig.sparse is not None:
             # sparse targets (a store, recorded log-probs), made at their own temperature
             s = sig.sparse
             vocab = self.kd_vocab_size or logits.shape[-1]
@@ -213,6 +216,7 @@ class KDTrainer(Trainer):
                 divergence=divergence,
                 skew_alpha=self.skew_alpha,
                 vocab_size=self.kd_vocab_size,
+                soft_mask=soft_mask,
             )
         if share and teacher_logits is not None:  # keeps long samples from collapsing
             fwd = kd_step_sums(logits, teacher_logits, labels, knobs, vocab_size=self.kd_vocab_size)
@@ -250,11 +254,13 @@ class KDTrainer(Trainer):
         cap = getattr(core.config, "final_logit_softcapping", None)
         scale = getattr(core.config, "logit_scale", None)
         teacher, t_weight, t_bias = None, None, None
-        want = Want("hidden", layers=self._teacher_layers)
+        want = Want("hidden", layers=self._teacher_layers, kd_temperature=knobs.kd_temperature)
         sig = self.teacher.signal(ask, want=want) if ask is not None else None
-        labels = _scored_only(labels, sig)
+        labels, soft_mask = _scored_only(labels, sig)
         soft_sig = sig if knobs.soft_weight > 0 else None
-        if soft_sig is not None and sig.sparse is not None:
+        if soft_sig is not None and sig.cross is not None:  # another vocabulary, per chunk
+            teacher = sig.cross
+        elif soft_sig is not None and sig.sparse is not None:
             s = sig.sparse
             k = s.ids.shape[-1]
             teacher = SparseSignal(
@@ -296,6 +302,7 @@ class KDTrainer(Trainer):
             softcap=cap,
             teacher_head_weight=t_weight,
             teacher_head_bias=t_bias,
+            soft_mask=None if soft_mask is None else soft_mask.reshape(-1),
         )
         terms = self._term_sums(outputs, sig, labels, step)
         if terms:  # the chunked loss divides its own terms; these go through the same divide
@@ -429,12 +436,17 @@ def apply_learning_rate(optimizer, scheduler, peak_lr: float) -> None:
         scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def _scored_only(labels: torch.Tensor, sig) -> torch.Tensor:
-    """``labels`` with -100 where the teacher gave no target (``sig.valid``); such positions
-    were counted in the step's global count, so they weigh as zeros, not as missing."""
+def _scored_only(labels: torch.Tensor, sig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(labels, soft_mask)``. Where the teacher gave no target (``sig.valid``): with
+    ``valid_for="all"`` the labels become -100 (such positions were counted in the step's
+    global count, so they weigh as zeros, not as missing); with ``"soft"`` the labels stay
+    and ``soft_mask`` keeps the soft term off those positions."""
     if sig is None or sig.valid is None:
-        return labels
-    return labels.masked_fill(~sig.valid.to(labels.device), -100)
+        return labels, None
+    valid = sig.valid.to(labels.device)
+    if sig.valid_for == "soft":
+        return labels, valid
+    return labels.masked_fill(~valid, -100), None
 
 
 def _supports_chunking(model) -> bool:

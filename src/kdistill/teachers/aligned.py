@@ -1,0 +1,195 @@
+"""A teacher with its own tokenizer: ``teacher.kind: aligned`` (cross-tokenizer KD).
+
+Each micro-batch row (the student's tokens) is turned back into text, tokenised by the
+teacher's tokenizer (:class:`~kdistill.data.alignment.TextAligner`) and run through the
+teacher. At every student position whose token ends where a teacher token ends (same text
+before it), the teacher's next-token distribution is the target, as
+
+* ``objective: mapped``: the teacher's mass moved onto the student ids with the same bytes,
+  the unmapped rest in the tail bucket (any divergence), or
+* ``objective: uld``: the sorted probability vector (ULD; no shared strings needed).
+
+Other positions get no soft target but keep their hard CE on the student's own tokens
+(``valid_for="soft"``). Asked for hidden states (the chunked loss), the teacher hands over
+its final hidden states at the aligned positions and its head: targets are then made a chunk
+at a time and the ``(N, V_t)`` teacher logits never exist at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kdistill.losses.cross_vocab import (
+    CrossVocabTeacher,
+    SortedSignal,
+    VocabMap,
+    mapped_share,
+)
+from kdistill.models.vocab import map_vocab
+from kdistill.signals import SparseSignal
+from kdistill.teachers.alignment import TextAligner
+from kdistill.teachers.base import TeacherSignal, Want
+
+SHARE_SAMPLE = 64  # aligned positions per batch the mapped share is measured on
+
+
+@dataclass
+class AlignStats:
+    positions: int = 0  # student positions with a next token (the ones a target could be for)
+    aligned: int = 0
+    share_sum: float = 0.0
+    share_n: int = 0
+
+    def summary(self) -> dict:
+        out = {
+            "positions": self.positions,
+            "aligned_positions": self.aligned,
+            "aligned_share": self.aligned / self.positions if self.positions else None,
+        }
+        if self.share_n:
+            out["mapped_share"] = self.share_sum / self.share_n
+            out["mapped_share_positions"] = self.share_n
+        return out
+
+
+class AlignedTeacher:
+    """``teacher.kind: aligned``: a frozen teacher model with its own tokenizer."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        teacher_tokenizer,
+        student_tokenizer,
+        *,
+        objective: str = "mapped",
+        vocab_size: int,
+    ):
+        if objective not in ("mapped", "uld"):
+            raise ValueError(f"teacher.objective must be mapped or uld, got {objective!r}")
+        self.model = model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.t_tok = teacher_tokenizer
+        self.aligner = TextAligner(student_tokenizer, teacher_tokenizer)
+        self.objective = objective
+        self.vocab_size = vocab_size
+        self.teacher_vocab = min(
+            len(teacher_tokenizer), model.get_output_embeddings().weight.shape[0]
+        )
+        self.vmap = None
+        if objective == "mapped":
+            t2s = map_vocab(teacher_tokenizer, student_tokenizer)[: self.teacher_vocab]
+            self.vmap = VocabMap.from_pairs(t2s, vocab_size)
+        pad = teacher_tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (teacher_tokenizer.eos_token_id or 0)
+        self.stats = AlignStats()
+
+    def to(self, device) -> AlignedTeacher:
+        self.model.to(device)
+        if self.vmap is not None:
+            self.vmap = self.vmap.to(device)
+        return self
+
+    def summary(self) -> dict:
+        """What the run's summary records about the alignment."""
+        return {"objective": self.objective, **self.stats.summary()}
+
+    def _teacher_batch(self, batch):
+        """Teacher ids ``(B, L_t)`` + mask, and the aligned ``(row, student pos, teacher pos)``."""
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        rows, where = [], []
+        for r in range(ids.shape[0]):
+            pos = mask[r].nonzero().squeeze(-1).cpu()
+            aligned = self.aligner.align(ids[r, pos].tolist())
+            rows.append(aligned.teacher_ids)
+            n = len(pos)
+            pairs = [(int(pos[i]), j) for i, j in aligned.pairs if i < n - 1]
+            where.extend((r, p, j) for p, j in pairs)
+            self.stats.positions += max(n - 1, 0)
+            self.stats.aligned += len(pairs)
+        length = max(1, max(len(t) for t in rows))
+        t_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        t_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, t in enumerate(rows):
+            t_ids[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            t_mask[r, : len(t)] = 1
+        index = torch.tensor(where, dtype=torch.long).reshape(-1, 3)
+        return t_ids.to(ids.device), t_mask.to(ids.device), index.to(ids.device)
+
+    def _cross(self, hidden: torch.Tensor) -> CrossVocabTeacher:
+        head = self.model.get_output_embeddings()
+        bias = getattr(head, "bias", None)
+        cfg = getattr(self.model, "config", None)
+        return CrossVocabTeacher(
+            hidden,
+            head.weight[: self.teacher_vocab],
+            self.objective,
+            self.vocab_size,
+            vmap=self.vmap,
+            head_bias=None if bias is None else bias[: self.teacher_vocab],
+            logit_scale=getattr(cfg, "logit_scale", None),
+            softcap=getattr(cfg, "final_logit_softcapping", None),
+        )
+
+    def _measure_share(self, aligned: torch.Tensor) -> None:
+        if self.vmap is None or aligned.shape[0] == 0:
+            return
+        step = max(1, aligned.shape[0] // SHARE_SAMPLE)
+        sample = self._cross(aligned[::step][:SHARE_SAMPLE])
+        share = mapped_share(sample.target(slice(None), 1.0))
+        self.stats.share_sum += float(share.sum())
+        self.stats.share_n += share.numel()
+
+    @torch.no_grad()
+    def signal(self, batch, *, want: Want) -> TeacherSignal:
+        ids = batch["input_ids"]
+        b, length = ids.shape
+        t_ids, t_mask, index = self._teacher_batch(batch)
+        out = self.model(
+            input_ids=t_ids, attention_mask=t_mask, output_hidden_states=True, logits_to_keep=1
+        )
+        t_hidden = out.hidden_states[-1]
+        rr, pp, jj = index.unbind(-1) if index.numel() else (index[:, 0],) * 3
+        aligned = t_hidden[rr, jj].float()  # (M, H_t)
+        self._measure_share(aligned)
+        valid = torch.zeros((b, length), dtype=torch.bool, device=ids.device)
+        valid[rr, pp] = True
+        flat = rr * length + pp
+        if want.form == "hidden":
+            hidden = torch.zeros((b * length, aligned.shape[-1]), device=ids.device)
+            hidden[flat] = aligned
+            return TeacherSignal(cross=self._cross(hidden), valid=valid, valid_for="soft")
+        return TeacherSignal(
+            **self._dense_targets(aligned, flat, (b, length), want.kd_temperature),
+            valid=valid,
+            valid_for="soft",
+        )
+
+    def _dense_targets(self, aligned, flat, shape: tuple[int, int], temp: float) -> dict:
+        """Targets at every position ``(B, L, ...)`` for the full-logit loss: made for the
+        aligned rows a chunk at a time; elsewhere uniform (finite, and masked by ``valid``)."""
+        cross = self._cross(aligned)
+        rows, dev = shape[0] * shape[1], flat.device
+        parts = [cross.target(slice(s, s + 128), temp) for s in range(0, aligned.shape[0], 128)]
+        if self.objective == "mapped":
+            k = self.vmap.k
+            lp = torch.full((rows, k), -math.log(k + 1.0), device=dev)
+            tail = torch.full((rows,), -math.log(k + 1.0), device=dev)
+            if parts:
+                lp[flat] = torch.cat([p.logprobs for p in parts])
+                tail[flat] = torch.cat([p.log_tail for p in parts])
+            ids = self.vmap.student_ids.to(dev).expand(*shape, k)
+            sparse = SparseSignal(ids, lp.view(*shape, k), tail.view(shape), self.vocab_size, temp)
+            return {"sparse": sparse}
+        r = min(self.vocab_size, self.teacher_vocab)
+        probs = torch.full((rows, r), 1.0 / r, device=dev)
+        rest = torch.zeros((rows,), device=dev)
+        if parts:
+            probs[flat] = torch.cat([p.probs for p in parts])
+            rest[flat] = torch.cat([p.rest for p in parts])
+        return {"sorted": SortedSignal(probs.view(*shape, r), rest.view(shape), temp)}
