@@ -202,8 +202,9 @@ def test_distill_across_tokenizers_runs_and_reports_the_alignment(
     assert soft and all(math.isfinite(x) and x > 0 for x in soft)
 
 
+@pytest.mark.parametrize("kind", ["aligned", "none"])
 def test_a_student_with_its_own_small_tokenizer_trained_on_the_training_split_only(
-    sp_teacher_dir, tiny_teacher_dir, tmp_path
+    sp_teacher_dir, tiny_teacher_dir, tmp_path, kind
 ):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -225,7 +226,7 @@ def test_a_student_with_its_own_small_tokenizer_trained_on_the_training_split_on
         corpus,
         out,
         **{
-            "teacher.kind": "aligned",
+            "teacher.kind": kind,  # none: the same student without a teacher (the baseline)
             "student.from_teacher": f"{{model: {tiny_teacher_dir}, keep_layers: [0, 3], "
             "tokenizer_vocab: 320}",
             "training.max_steps": 1,

@@ -44,7 +44,7 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
 
     teacher, tok = None, None
     student_from = builders.student_kwargs(cfg)
-    cut_from = None
+    cut_from, own_vocab = None, None
     if student_from is not None:
         cut_from = student_from.pop("model", None) or cfg.teacher.model
     if need_teacher or cut_from == cfg.teacher.model:
@@ -72,7 +72,8 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
         tok = s_tok
     t_tok = tok
     vocab = len(tok)
-    if cfg.teacher.kind == "aligned":  # the student's tokens are the data; the teacher aligns
+    if cfg.teacher.kind == "aligned" or own_vocab:
+        # the student's tokens are the data; a teacher with another tokenizer aligns to them
         tok, vocab = s_tok, len(s_tok)
         if student.get_output_embeddings().weight.shape[0] < vocab:
             raise InputError(
