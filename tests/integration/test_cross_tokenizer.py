@@ -241,3 +241,90 @@ def test_a_student_with_its_own_small_tokenizer_trained_on_the_training_split_on
     assert len(tok(" God", add_special_tokens=False)["input_ids"]) == 1
     assert len(tok(" " + marker, add_special_tokens=False)["input_ids"]) >= 6
     assert tok.eos_token == "</s>" and tok.eos_token_id is not None
+
+
+def test_chats_aligned_inside_the_contents_under_each_models_own_template(pair):
+    from kdistill.teachers.alignment import align_chat
+
+    s_tok, t_tok, _ = pair
+    messages = [
+        {"role": "user", "content": "Let there be light"},
+        {"role": "assistant", "content": "And there was light 😀"},
+    ]
+    s_ids, t_ids, pairs = align_chat(messages, s_tok, t_tok)
+    # each side rendered its own template: <|im_start|>... vs <bos><start_of_turn>...
+    assert s_tok.convert_ids_to_tokens(s_ids[:1]) == ["<|im_start|>"]
+    assert t_tok.convert_ids_to_tokens(t_ids[:2]) == ["<bos>", "<start_of_turn>"]
+    s_text = s_tok.apply_chat_template(messages, tokenize=False)
+    t_text = t_tok.apply_chat_template(messages, tokenize=False)
+    s_off = s_tok(s_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    t_off = t_tok(t_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    by_message = {0: [], 1: []}
+    for i, j in pairs:
+        s_end, t_end = s_off[i][1], t_off[j][1]
+        # the same message, read from its start to the same character on both sides
+        for m, msg in enumerate(messages):
+            s_lo, t_lo = s_text.index(msg["content"]), t_text.index(msg["content"])
+            if s_lo < s_end <= s_lo + len(msg["content"]):
+                assert t_lo < t_end <= t_lo + len(msg["content"])
+                assert s_text[s_lo:s_end] == t_text[t_lo:t_end]
+                by_message[m].append(s_text[s_lo:s_end])
+    # hand-worked: student L|e|t|Ġthe|re|Ġbe|Ġlight vs teacher Le|t|▁there|▁be|▁light end
+    # together after "Le", "Let", "Let there", "Let there be", "Let there be light"; then
+    # "And", "And there", "... was", "... light", "... light " and the emoji's last byte
+    assert by_message[0] == ["Le", "Let", "Let there", "Let there be", "Let there be light"]
+    assert by_message[1] == [
+        "And",
+        "And there",
+        "And there was",
+        "And there was light",
+        "And there was light ",
+        "And there was light 😀",
+    ]
+    assert len(pairs) == 11
+
+
+@pytest.mark.parametrize("kind", ["none", "aligned"])
+def test_generations_of_one_tokenizer_train_a_student_of_another(
+    sp_teacher_dir, tiny_teacher_dir, tmp_path, kind
+):
+    """Sequence-level KD across tokenizers: the Gemma-style teacher writes text, a byte-level
+    student is fine-tuned on it (kind none: SFT; aligned: SFT plus the token-level targets)."""
+    from kdistill.cli.main import main
+    from kdistill.data.lm import build_lm_datasets
+
+    prompts = tmp_path / "p.jsonl"
+    lines = ["And God said", "In the beginning", "And the earth", "Let there be"]
+    prompts.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": t}]}) + "\n" for t in lines)
+    )
+    gen = tmp_path / "gen"
+    args = [f"teacher.model={sp_teacher_dir}", f"generate.prompts={prompts}"]
+    args += [f"generate.output_dir={gen}", "generate.n=2", "generate.max_tokens=8"]
+    assert main(["generate", DEMO, *args]) == 0
+    kept = [json.loads(x) for x in (gen / "kept.jsonl").read_text().splitlines()]
+    assert kept and all(r["messages"][-1]["role"] == "assistant" for r in kept)
+    run = tmp_path / "sft"
+    train = [
+        f"output_dir={run}",
+        f"teacher.kind={kind}",
+        f"teacher.model={sp_teacher_dir}",
+        f"student.from_teacher={{model: {tiny_teacher_dir}, keep_layers: [0, 3]}}",
+        f"data.source={gen / 'kept.jsonl'}",
+        "data.block_size=64",
+        "data.held_out_fraction=0.2",
+        "training.max_steps=2",
+        "training.per_device_batch_size=2",
+        "training.save_steps=10",
+    ]
+    assert main(["distill", DEMO, *train]) == 0
+    assert (run / "model" / "model.safetensors").is_file()
+    # the student learned from the teacher's words, in its own tokens
+    s_tok = make_tokenizer(TINY_TEXT, vocab_size=300)
+    train_ds, held = build_lm_datasets(
+        s_tok, str(gen / "kept.jsonl"), block_size=64, held_out_fraction=0.2
+    )
+    texts = [s_tok.decode(ds[i]["input_ids"]) for ds in (train_ds, held) for i in range(len(ds))]
+    for r in kept:
+        user, answer = r["messages"][0]["content"], r["messages"][-1]["content"]
+        assert any(f"{user}<|im_end|>" in t and f"assistant\n{answer}" in t for t in texts)
