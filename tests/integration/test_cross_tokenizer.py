@@ -284,12 +284,14 @@ def test_chats_aligned_inside_the_contents_under_each_models_own_template(pair):
     assert len(pairs) == 11
 
 
-@pytest.mark.parametrize("kind", ["none", "aligned"])
+@pytest.mark.parametrize("kind", ["none", "aligned", "recorded"])
 def test_generations_of_one_tokenizer_train_a_student_of_another(
     sp_teacher_dir, tiny_teacher_dir, tmp_path, kind
 ):
     """Sequence-level KD across tokenizers: the Gemma-style teacher writes text, a byte-level
-    student is fine-tuned on it (kind none: SFT; aligned: SFT plus the token-level targets)."""
+    student is fine-tuned on it (kind none: SFT; aligned: SFT plus the token-level targets of
+    the teacher model; recorded: plus the teacher's recorded top log-probs, aligned by text
+    and mapped by string)."""
     from kdistill.cli.main import main
     from kdistill.data.lm import build_lm_datasets
 
@@ -301,6 +303,7 @@ def test_generations_of_one_tokenizer_train_a_student_of_another(
     gen = tmp_path / "gen"
     args = [f"teacher.model={sp_teacher_dir}", f"generate.prompts={prompts}"]
     args += [f"generate.output_dir={gen}", "generate.n=2", "generate.max_tokens=8"]
+    args += ["generate.top_logprobs=5", "generate.sampling_temperature=1.0"]
     assert main(["generate", DEMO, *args]) == 0
     kept = [json.loads(x) for x in (gen / "kept.jsonl").read_text().splitlines()]
     assert kept and all(r["messages"][-1]["role"] == "assistant" for r in kept)
@@ -319,6 +322,11 @@ def test_generations_of_one_tokenizer_train_a_student_of_another(
     ]
     assert main(["distill", DEMO, *train]) == 0
     assert (run / "model" / "model.safetensors").is_file()
+    if kind == "recorded":  # different tokenizations, aligned by text instead of dropped
+        manifest = json.loads((run / "teacher_signal" / "manifest.json").read_text())
+        stats = [shard["stats"] for shard in manifest["shards"].values()]
+        assert sum(st["records_aligned"] for st in stats) >= 1
+        assert sum(st["positions_with_signal"] for st in stats) > len(kept)
     # the student learned from the teacher's words, in its own tokens
     s_tok = make_tokenizer(TINY_TEXT, vocab_size=300)
     train_ds, held = build_lm_datasets(

@@ -5,9 +5,13 @@ A served teacher names its tokens by their text (``" the"``), not by id, so the 
 recovered through :class:`PieceMap` (the text of every id of the shared tokenizer; pieces two
 ids share are left out). The soft target is attached only where the student's own
 tokenisation of the completion is exactly the teacher's token sequence: then position ``p``'s
-target is the distribution the teacher sampled token ``p + 1`` from. Elsewhere (a record
-whose tokens differ, the end-of-turn token, prompt positions) the target is the label itself
-(one-hot), so the soft term there equals cross-entropy on the teacher's token.
+target is the distribution the teacher sampled token ``p + 1`` from. Where it is not (another
+tokenizer, or the same one merging differently) and an ``align`` function is given, the two
+token sequences are aligned by text (cross-tokenizer: positions where both end a token at the
+same character get the teacher's next distribution there, its top pieces mapped to student
+ids by string, the rest in the tail). Elsewhere (unaligned positions, the end-of-turn token,
+prompt positions) the target is the label itself (one-hot), so the soft term there equals
+cross-entropy on the teacher's token.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class SignalStats:
     records: int = 0
     records_with_signal: int = 0
     tokenisation_mismatch: int = 0
+    records_aligned: int = 0  # tokenised differently, aligned by text instead
     positions_with_signal: int = 0
     unmapped_top_entries: int = 0
     notes: list[str] = field(default_factory=list)
@@ -53,8 +58,9 @@ class SignalStats:
         return (
             f"teacher logprobs: {self.records_with_signal}/{self.records} records, "
             f"{self.positions_with_signal} positions; {self.tokenisation_mismatch} records "
-            f"tokenised differently (hard target only), {self.unmapped_top_entries} top-k "
-            "entries with no unique id (moved to the tail)"
+            f"tokenised differently ({self.records_aligned} of them aligned by text, the rest "
+            f"hard target only), {self.unmapped_top_entries} top-k entries with no unique id "
+            "(moved to the tail)"
         )
 
 
@@ -86,11 +92,14 @@ def attach_signal(
     record: dict,
     pieces: PieceMap,
     stats: SignalStats,
+    align=None,
 ) -> dict:
     """An item ``{input_ids, labels, teacher_ids, teacher_logprobs, teacher_log_tail}``.
 
     Row ``p`` of the teacher tensors is the target for the logits at position ``p`` (which
-    predict token ``p + 1``), as in a teacher store.
+    predict token ``p + 1``), as in a teacher store. ``align(student_ids, teacher_tokens)``
+    (optional) gives ``(i, j)`` pairs where student token ``i`` and teacher token ``j`` of
+    the completion end at the same character, for completions tokenised differently.
     """
     n = len(input_ids)
     first = next((p for p, lab in enumerate(labels) if lab != IGNORE_INDEX), n)
@@ -108,6 +117,8 @@ def attach_signal(
             stats.positions_with_signal += len(rows)
         else:
             stats.tokenisation_mismatch += 1
+            if align is not None:
+                _aligned_rows(rows, input_ids[first:], first, tokens, tops, pieces, stats, align)
     k = max([len(r[0]) for r in rows.values()] + [1])
     inf = float("-inf")
     ids, lps, tail = [], [], [inf] * n  # filled as lists, made tensors once (fast)
@@ -128,6 +139,22 @@ def attach_signal(
         "teacher_logprobs": torch.tensor(lps, dtype=torch.float32).reshape(n, k),
         "teacher_log_tail": torch.tensor(tail, dtype=torch.float32),
     }
+
+
+def _aligned_rows(rows, completion_ids, first, tokens, tops, pieces, stats, align) -> None:
+    """Rows for a completion the student tokenises differently: the teacher's distribution
+    ``tops[j + 1]`` (after its token ``j``) is the target of the student row whose token ends
+    where teacher token ``j`` ends; ``tops[0]`` (after the prompt) that of the last prompt
+    row."""
+    if first >= 1 and tops:
+        rows[first - 1] = top_to_sparse(tops[0], pieces, stats)
+    for i, j in align(completion_ids, tokens):
+        if j + 1 < len(tops) and i + 1 < len(completion_ids):
+            rows[first + i] = top_to_sparse(tops[j + 1], pieces, stats)
+    if rows:
+        stats.records_with_signal += 1
+        stats.records_aligned += 1
+        stats.positions_with_signal += len(rows)
 
 
 def prompt_completion_example(

@@ -35,6 +35,8 @@ from kdistill.cache.manifest import StoreError, sha256_file
 from kdistill.cache.writer import serialize_safetensors
 from kdistill.data.completions import PieceMap, SignalStats, attach_signal, generation_example
 from kdistill.files import atomic_write_bytes
+from kdistill.models.vocab import token_bytes
+from kdistill.teachers.alignment import align_streams
 
 FORMAT = "kdistill-recorded/1"
 SHARD_RECORDS = 1024
@@ -77,6 +79,19 @@ def _finite(lp) -> float:
     return float(lp) if isinstance(lp, (int, float)) and math.isfinite(lp) else float("-inf")
 
 
+def _text_aligner(tokenizer):
+    """``(student ids, teacher token texts) -> [(i, j)]``: where student token ``i`` and
+    teacher token ``j`` end at the same byte of the same text (the teacher may use any
+    tokenizer: only its token texts are known)."""
+    s_bytes = token_bytes(tokenizer)
+
+    def align(ids: list[int], texts: list[str]) -> list[tuple[int, int]]:
+        s_pieces = [s_bytes[i] if 0 <= i < len(s_bytes) else b"" for i in ids]
+        return align_streams(s_pieces, [str(t).encode("utf-8") for t in texts])
+
+    return align
+
+
 class _ShardBuilder:
     """Collects one shard's records as flat lists, then serialises them."""
 
@@ -101,7 +116,9 @@ class _ShardBuilder:
 
     def add(self, record: dict, tokenizer, piece_map: PieceMap, block_size: int) -> None:
         ids, labels = generation_example(tokenizer, record, block_size)
-        item = attach_signal(ids, labels, record, piece_map, self.stats)
+        item = attach_signal(
+            ids, labels, record, piece_map, self.stats, align=_text_aligner(tokenizer)
+        )
         n, k = item["teacher_ids"].shape
         self.rec["n"].append(n)
         self.rec["k"].append(k)
