@@ -336,3 +336,61 @@ def test_generations_of_one_tokenizer_train_a_student_of_another(
     for r in kept:
         user, answer = r["messages"][0]["content"], r["messages"][-1]["content"]
         assert any(f"{user}<|im_end|>" in t and f"assistant\n{answer}" in t for t in texts)
+
+
+def test_a_store_from_a_teacher_with_another_tokenizer(
+    sp_teacher_dir, tiny_teacher_dir, tiny_text_file, tmp_path, capsys
+):
+    """Alignment at cache time: the store holds the mapped targets over the student's ids;
+    unaligned positions keep none and still train on their CE."""
+    from kdistill.cache import StoreReader
+    from kdistill.cli.main import main
+    from kdistill.teachers.store import StoreTeacher
+
+    store = tmp_path / "store"
+    base = {
+        "teacher.kind": "aligned",
+        "student.from_teacher": f"{{model: {tiny_teacher_dir}, keep_layers: [0, 3]}}",
+        "cache.dir": str(store),
+        "cache.method": "topk",
+        "cache.k": 8,
+    }
+    over = tiny_overrides(sp_teacher_dir, tiny_text_file, tmp_path / "unused", **base)
+    assert main(["cache", DEMO, *[o for o in over if not o.startswith("output_dir")]]) == 0
+    assert "aligned" in capsys.readouterr().out
+    reader = StoreReader(store)
+    assert reader.manifest.teacher["kind"] == "aligned"
+    lengths = torch.cat([reader.block(i).lengths for i in range(len(reader))])
+    assert 0 < int((lengths > 0).sum()) < lengths.numel()  # aligned positions only
+    sig = StoreTeacher(reader, len(reader)).signal(
+        {
+            "input_ids": torch.zeros((2, 16), dtype=torch.long),
+            "example_index": torch.tensor([0, 1]),
+        },
+        want=Want(),
+    )
+    assert sig.valid_for == "soft" and sig.valid is not None
+    # uld cannot be cached (a top-k store drops the sorted tail); one line, nothing written
+    bad = tiny_overrides(
+        sp_teacher_dir,
+        tiny_text_file,
+        tmp_path / "u",
+        **{**base, "teacher.objective": "uld", "cache.dir": str(tmp_path / "store2")},
+    )
+    assert main(["cache", DEMO, *[o for o in bad if not o.startswith("output_dir")]]) == 2
+    assert "uld" in capsys.readouterr().err and not (tmp_path / "store2").exists()
+    run = tmp_path / "run"
+    train = tiny_overrides(
+        sp_teacher_dir,
+        tiny_text_file,
+        run,
+        **{
+            "teacher.kind": "store",
+            "teacher.path": str(store),
+            "student.from_teacher": f"{{model: {tiny_teacher_dir}, keep_layers: [0, 3]}}",
+            "training.max_steps": 2,
+        },
+    )
+    assert main(["distill", DEMO, *train]) == 0
+    log = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
+    assert any(r.get("soft_loss", 0) > 0 for r in log)

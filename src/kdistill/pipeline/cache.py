@@ -158,17 +158,21 @@ def run_cache(cfg: RunConfig):
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     served = cfg.teacher.kind == "served"
-    if cfg.teacher.kind not in ("model", "served"):
+    aligned = cfg.teacher.kind == "aligned"
+    if cfg.teacher.kind not in ("model", "served", "aligned"):
         raise InputError(
             f"kdistill cache asks a teacher model or server, not teacher.kind="
-            f"{cfg.teacher.kind}; use teacher.kind=model or served"
+            f"{cfg.teacher.kind}; use teacher.kind=model, served or aligned"
         )
     check_output_folder(cfg.cache.dir, "cache.dir")
     check_model_files(cfg.teacher.model, "teacher.model")
     if served:
         _check_served_cache(cfg)
+    if aligned:
+        _check_aligned_cache(cfg)
     _check_store_folder(cfg)
-    tok = load_tokenizer(cfg.teacher.model)
+    # the store is over the tokens the student trains on: its own, across tokenizers
+    tok = load_tokenizer(_student_tokenizer_spec(cfg) if aligned else cfg.teacher.model)
     train_ds = _train_blocks(cfg, tok)
     check_free_space(
         cfg.cache.dir,
@@ -178,6 +182,8 @@ def run_cache(cfg: RunConfig):
     with claim_folder(cfg.cache.dir, "cache", field="cache.dir"):
         if served:
             return _fill_from_server(cfg, tok, train_ds)
+        if aligned:
+            return _fill_from_aligned(cfg, tok, train_ds)
         teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
         manifest = build_manifest(cfg, tok, train_ds, _teacher_record(cfg, teacher))
         fn = _teacher_fn(teacher, len(tok), cfg.cache.cache_temperature)
@@ -209,6 +215,72 @@ def _fill_from_server(cfg: RunConfig, tok, train_ds):
             f"the server gave targets at {st.positions - st.rows - st.dropped} of "
             f"{st.positions - st.rows} predicting positions; the rest train without one"
         )
+    return out
+
+
+def _check_aligned_cache(cfg: RunConfig) -> None:
+    """What a teacher over another vocabulary can fill: top-k mapped targets."""
+    t, c = cfg.teacher, cfg.cache
+    if t.objective != "mapped":
+        raise InputError(
+            "teacher.objective=uld compares whole sorted distributions, which a top-k store "
+            "does not keep; cache with teacher.objective=mapped, or train uld online"
+        )
+    if c.method != "topk" or c.top_p is not None:
+        raise InputError(
+            "kdistill cache with teacher.kind=aligned stores the mapped targets' top-k "
+            "(+ tail): set cache.method=topk and no cache.top_p"
+        )
+    _student_tokenizer_spec(cfg)
+
+
+def _student_tokenizer_spec(cfg: RunConfig) -> str:
+    """The model whose tokenizer the student uses (its data are cached in those tokens)."""
+    ft = cfg.student.from_teacher
+    if ft is not None and ft.tokenizer_vocab:
+        raise InputError(
+            "kdistill cache: a student with its own trained tokenizer "
+            "(student.from_teacher.tokenizer_vocab) is not cached yet; distil it online"
+        )
+    spec = (ft.model if ft is not None else None) or cfg.student.model
+    if not spec:
+        raise InputError(
+            "kdistill cache with teacher.kind=aligned stores targets over the student's "
+            "tokens: name the student's model (student.from_teacher.model or student.model)"
+        )
+    return spec
+
+
+def _fill_from_aligned(cfg: RunConfig, tok, train_ds):
+    """The store's targets from a teacher with another tokenizer (``teacher.kind:
+    aligned``): at every aligned position the top ``cache.k`` of its mass mapped onto the
+    student's ids (+ tail); unaligned positions keep none and train on their hard CE."""
+    from kdistill.models.loading import load_causal_lm
+    from kdistill.softlabels import signal_rows
+    from kdistill.teachers.aligned import AlignedTeacher
+    from kdistill.teachers.base import Want
+
+    teacher, t_tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    aligned = AlignedTeacher(teacher, t_tok, tok, objective="mapped", vocab_size=len(tok))
+    record = {**_teacher_record(cfg, teacher), "kind": "aligned"}
+    manifest = build_manifest(cfg, tok, train_ds, record)
+    want = Want("logits", kd_temperature=cfg.cache.cache_temperature)
+
+    def rows(blocks: torch.Tensor, _generator) -> SparseRows:
+        sig = aligned.signal({"input_ids": blocks}, want=want)
+        s, valid = sig.sparse, sig.valid.reshape(-1)
+        lp, tail = s.logprobs.reshape(-1, s.k), s.log_tail.reshape(-1)
+        top_lp, top = torch.topk(lp, min(cfg.cache.k, s.k), dim=-1)
+        rest = torch.cat([lp.scatter(-1, top, float("-inf")), tail[:, None]], dim=-1)
+        ids = torch.where(valid[:, None], aligned.vmap.student_ids[top], -1)
+        return signal_rows(ids, top_lp, torch.logsumexp(rest, dim=-1))
+
+    out = _fill_store(cfg, manifest, train_ds, rows)
+    st = aligned.summary()
+    say(
+        f"aligned {st['aligned_positions']} of {st['positions']} predicting positions; the "
+        f"mapped share of the teacher's mass {st.get('mapped_share', 0):.3f}"
+    )
     return out
 
 

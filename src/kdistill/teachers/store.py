@@ -21,6 +21,9 @@ class StoreTeacher:
             )
         self.reader = reader
         self.temperature = reader.manifest.cache_temperature
+        # a store from a teacher with another tokenizer: unaligned positions keep their CE
+        teacher = reader.manifest.teacher or {}
+        self.valid_for = "soft" if teacher.get("kind") == "aligned" else "all"
 
     def signal(self, batch, *, want: Want) -> TeacherSignal:
         vocab = self.reader.manifest.vocab_size
@@ -35,9 +38,11 @@ class StoreTeacher:
         device = batch["input_ids"].device
         valid = None
         if not all(bool(k[:-1].all()) for k in kept):
-            # a store from a served teacher: positions the server gave no target for
+            # positions the teacher gave no target for (a server's, or unaligned ones)
             valid = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
             for r, k in enumerate(kept):
                 valid[r, : k.numel()] = k
             valid = valid.to(device)
-        return TeacherSignal(sparse=to_device(sparse, device), valid=valid)
+        return TeacherSignal(
+            sparse=to_device(sparse, device), valid=valid, valid_for=self.valid_for
+        )
