@@ -18,7 +18,8 @@ Bits per byte: every model scores the same held-out characters (``--eval-chars``
 own tokenizer (:func:`kdistill.eval.lm_runner.score_span`, windows of 256 tokens).
 
   .venv/bin/python benchmarks/bench_cross_tokenizer.py [--parts gemma,small_vocab]
-      [--steps 20] [--seeds 0,1] [--eval-chars 12000]
+      [--steps 30] [--seeds 0,1] [--eval-chars 12000]   (--parts gemma_start: the starting
+      figures alone, into the gemma part)
 
 Writes ``benchmarks/results/cross_tokenizer_cpu.json`` (``--out`` for the run folders).
 """
@@ -97,50 +98,54 @@ def _arms(out, texts, seeds, common, arms: dict[str, list[str]]) -> dict:
     }
 
 
-def part_gemma(out: Path, texts, seeds, steps: int, batch: int) -> dict:
+def _common(teacher: str, student_from: str, steps: int, batch: int) -> list[str]:
+    return [
+        f"teacher.model={teacher}",
+        f"student.from_teacher={{{student_from}}}",
+        f"training.max_steps={steps}",
+        f"training.per_device_batch_size={batch}",
+        f"training.save_steps={steps}",
+        f"data.max_train_tokens={steps * batch * 256}",
+    ]
+
+
+ARMS = {
+    "kd_ce": ["teacher.kind=aligned", "teacher.objective=mapped"],
+    "ce": ["teacher.kind=none"],
+}
+
+
+def gemma_start(out: Path, texts, steps: int, batch: int) -> dict:
+    """Held-out bits per byte before training: the teacher, SmolLM2 whole, and the pruned
+    student exactly as the runs build it (the same calibration blocks)."""
     teacher, t_tok = load_causal_lm("gemma3-270m", frozen=True)
     start = {"teacher_gemma3_270m": bits_per_byte(teacher, t_tok, texts)}
     del teacher
     smol, s_tok = load_causal_lm("smollm2-135m", frozen=True)
     start["smollm2_135m"] = bits_per_byte(smol, s_tok, texts)
     del smol
-    common = [
-        "teacher.model=gemma3-270m",
-        f"student.from_teacher={{model: smollm2-135m, {DEMO_CUT}}}",
-        f"training.max_steps={steps}",
-        f"training.per_device_batch_size={batch}",
-        f"training.save_steps={steps}",
-        f"data.max_train_tokens={steps * batch * 256}",
-    ]
-    arms = {
-        "kd_ce": ["teacher.kind=aligned", "teacher.objective=mapped"],
-        "ce": ["teacher.kind=none"],
-    }
-    # the untrained student: the pruned model itself, built exactly as the runs build it
-    cfg = load_config(demo_config_path(), [f"output_dir={out / 'untrained'}", *common[:2]])
+    common = _common("gemma3-270m", f"model: smollm2-135m, {DEMO_CUT}", steps, batch)
+    cfg = load_config(demo_config_path(), [f"output_dir={out / 'untrained'}", *common])
     _, model, tok, _, _ = load_models(
         cfg,
         need_teacher=False,
         calibration=lambda t: build_lm_datasets(t, "kjv", **builders.data_kwargs(cfg))[0],
     )
     start["student_untrained"] = bits_per_byte(model, tok, texts)
-    del model
-    return {"start": start, "arms": _arms(out, texts, seeds, common, arms)}
+    start["student_untrained"]["layers"] = model.config.kdistill_teacher_layers
+    return start
+
+
+def part_gemma(out: Path, texts, seeds, steps: int, batch: int) -> dict:
+    start = gemma_start(out, texts, steps, batch)
+    common = _common("gemma3-270m", f"model: smollm2-135m, {DEMO_CUT}", steps, batch)
+    return {"start": start, "arms": _arms(out, texts, seeds, common, ARMS)}
 
 
 def part_small_vocab(out: Path, texts, seeds, steps: int, batch: int) -> dict:
-    common = [
-        "teacher.model=smollm2-135m",
-        f"student.from_teacher={{model: smollm2-135m, {DEMO_CUT}, tokenizer_vocab: 8192}}",
-        f"training.max_steps={steps}",
-        f"training.per_device_batch_size={batch}",
-        f"training.save_steps={steps}",
-        f"data.max_train_tokens={steps * batch * 256}",
-    ]
-    arms = {
-        "kd_ce": ["teacher.kind=aligned", "teacher.objective=mapped"],
-        "ce": ["teacher.kind=none"],
-    }
+    student = f"model: smollm2-135m, {DEMO_CUT}, tokenizer_vocab: 8192"
+    common = _common("smollm2-135m", student, steps, batch)
+    arms = ARMS
     result = _arms(out, texts, seeds, common, arms)
     model, tok = load_causal_lm(str(out / f"kd_ce_s{seeds[0]}" / "model"), frozen=True)
     vocab_info = model.config.kdistill_vocab  # parameters before the new vocabulary: the demo's
@@ -160,7 +165,7 @@ def part_small_vocab(out: Path, texts, seeds, steps: int, batch: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--parts", default="gemma,small_vocab")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--eval-chars", type=int, default=12000)
@@ -186,8 +191,13 @@ def main() -> None:
         out = args.out / part
         if out.exists():
             shutil.rmtree(out)
-        fn = {"gemma": part_gemma, "small_vocab": part_small_vocab}[part]
-        result[part] = fn(out, texts, seeds, args.steps, args.batch)
+        if part == "gemma_start":  # the starting figures again, into the gemma part
+            result.setdefault("gemma", {})["start"] = gemma_start(
+                out, texts, args.steps, args.batch
+            )
+        else:
+            fn = {"gemma": part_gemma, "small_vocab": part_small_vocab}[part]
+            result[part] = fn(out, texts, seeds, args.steps, args.batch)
         dest.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k in ("gemma", "small_vocab")}, indent=1))
 

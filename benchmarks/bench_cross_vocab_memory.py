@@ -34,23 +34,11 @@ import sys
 import time
 from pathlib import Path
 
+from bench_kd_loss import _mem_available, _status
+
 HERE = Path(__file__).resolve().parent
 V_T, H_T, V_S, H_S = 262144, 640, 49152, 576
 CHUNK = 128
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError("MemAvailable")
 
 
 def _inputs(n: int):
