@@ -281,7 +281,9 @@ def test_chats_aligned_inside_the_contents_under_each_models_own_template(pair):
         "And there was light ",
         "And there was light 😀",
     ]
-    assert len(pairs) == 11
+    # plus each content's start: the last template token before it on both sides ("\n")
+    starts = [(i, j) for i, j in pairs if s_text[s_off[i][1] - 1] == "\n"]
+    assert len(starts) == 2 and len(pairs) == 11 + 2
 
 
 @pytest.mark.parametrize("kind", ["none", "aligned", "recorded"])
@@ -394,3 +396,26 @@ def test_a_store_from_a_teacher_with_another_tokenizer(
     assert main(["distill", DEMO, *train]) == 0
     log = [json.loads(x) for x in (run / "kd_log.jsonl").read_text().splitlines()]
     assert any(r.get("soft_loss", 0) > 0 for r in log)
+
+
+def test_chat_data_give_each_model_its_own_template(
+    sp_teacher_dir, tiny_teacher_dir, tiny_chat_file, tmp_path
+):
+    from kdistill.cli.main import main
+
+    out = tmp_path / "run"
+    over = tiny_overrides(
+        sp_teacher_dir,
+        tiny_chat_file,
+        out,
+        **{
+            "teacher.kind": "aligned",
+            "student.from_teacher": f"{{model: {tiny_teacher_dir}, keep_layers: [0, 3]}}",
+            "data.block_size": 48,
+            "training.max_steps": 2,
+        },
+    )
+    assert main(["distill", DEMO, *over]) == 0
+    sig = json.loads((out / "train_summary.json").read_text())["teacher_signal"]
+    assert sig["chat_rows_own_templates"] == 2 * 4  # every row of both steps
+    assert 0 < sig["aligned_share"] < 1

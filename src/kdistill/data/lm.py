@@ -345,6 +345,19 @@ def training_texts(
     return [t for t in (record_text(r) for r in train) if t.strip()]
 
 
+def training_chats(
+    source: str, *, held_out_fraction: float, seed: int = 0, text_field: str = "text"
+) -> list[list[dict]] | None:
+    """Each training example's messages, in the training set's order, when the data are
+    chats (or generations with messages); None for plain text."""
+    train, _ = split_held_out(load_records(source, text_field), held_out_fraction, seed)
+    if isinstance(train[0], list):
+        return train
+    if isinstance(train[0], dict) and all("messages" in r for r in train):
+        return [r["messages"] for r in train]
+    return None
+
+
 def held_out_texts(
     source: str,
     *,

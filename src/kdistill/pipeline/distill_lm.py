@@ -120,14 +120,22 @@ def needs_calibration(student_from: dict) -> bool:
 
 def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int, t_tok=None):
     """The run's teacher, built by its kind (``teacher.kind``)."""
+    from kdistill.data.lm import training_chats
     from kdistill.teachers.kinds import build_teacher
 
+    chats = None
+    if cfg.teacher.kind == "aligned":  # chats: each model renders its own template
+        d = cfg.data
+        chats = training_chats(
+            d.source, held_out_fraction=d.held_out_fraction, seed=cfg.seed, text_field=d.text_field
+        )
     teacher = build_teacher(
         cfg.teacher.kind,
         builders.teacher_settings(cfg),
         model=model,
         tokenizer=tok,
         teacher_tokenizer=t_tok,
+        chats=chats,
         dataset=train_ds,
         vocab_size=vocab,
         block_size=cfg.data.block_size,

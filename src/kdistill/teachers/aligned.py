@@ -9,6 +9,11 @@ before it), the teacher's next-token distribution is the target, as
   the unmapped rest in the tail bucket (any divergence), or
 * ``objective: uld``: the sorted probability vector (ULD; no shared strings needed).
 
+Chat data (``chats``: each training example's messages, by ``example_index``): each model
+renders the chat with its own template and only the messages' contents are aligned
+(:func:`~kdistill.teachers.alignment.align_chat`); a row the student's template rendered
+otherwise falls back to aligning its text.
+
 Other positions get no soft target but keep their hard CE on the student's own tokens
 (``valid_for="soft"``). Asked for hidden states (the chunked loss), the teacher hands over
 its final hidden states at the aligned positions and its head: targets are then made a chunk
@@ -30,8 +35,8 @@ from kdistill.losses.cross_vocab import (
 )
 from kdistill.models.vocab import map_vocab
 from kdistill.signals import SparseSignal
-from kdistill.teachers.alignment import TextAligner
-from kdistill.teachers.base import TeacherSignal, Want
+from kdistill.teachers.alignment import RowAlignment, TextAligner, align_chat
+from kdistill.teachers.base import EXAMPLE_INDEX, TeacherSignal, Want
 
 SHARE_SAMPLE = 64  # aligned positions per batch the mapped share is measured on
 
@@ -40,6 +45,7 @@ SHARE_SAMPLE = 64  # aligned positions per batch the mapped share is measured on
 class AlignStats:
     positions: int = 0  # student positions with a next token (the ones a target could be for)
     aligned: int = 0
+    chat_rows: int = 0  # rows aligned by their messages, each model with its own template
     share_sum: float = 0.0
     share_n: int = 0
 
@@ -48,6 +54,7 @@ class AlignStats:
             "positions": self.positions,
             "aligned_positions": self.aligned,
             "aligned_share": self.aligned / self.positions if self.positions else None,
+            "chat_rows_own_templates": self.chat_rows,
         }
         if self.share_n:
             out["mapped_share"] = self.share_sum / self.share_n
@@ -66,13 +73,15 @@ class AlignedTeacher:
         *,
         objective: str = "mapped",
         vocab_size: int,
+        chats: list[list[dict]] | None = None,
     ):
         if objective not in ("mapped", "uld"):
             raise ValueError(f"teacher.objective must be mapped or uld, got {objective!r}")
         self.model = model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        self.t_tok = teacher_tokenizer
+        self.t_tok, self.s_tok = teacher_tokenizer, student_tokenizer
+        self.chats = chats
         self.aligner = TextAligner(student_tokenizer, teacher_tokenizer)
         self.objective = objective
         self.vocab_size = vocab_size
@@ -102,10 +111,16 @@ class AlignedTeacher:
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
+        index = batch.get(EXAMPLE_INDEX)
         rows, where = [], []
         for r in range(ids.shape[0]):
             pos = mask[r].nonzero().squeeze(-1).cpu()
-            aligned = self.aligner.align(ids[r, pos].tolist())
+            row = ids[r, pos].tolist()
+            aligned = None
+            if self.chats is not None and index is not None:
+                aligned = self._chat_row(self.chats[int(index[r])], row)
+            if aligned is None:
+                aligned = self.aligner.align(row)
             rows.append(aligned.teacher_ids)
             n = len(pos)
             pairs = [(int(pos[i]), j) for i, j in aligned.pairs if i < n - 1]
@@ -120,6 +135,17 @@ class AlignedTeacher:
             t_mask[r, : len(t)] = 1
         index = torch.tensor(where, dtype=torch.long).reshape(-1, 3)
         return t_ids.to(ids.device), t_mask.to(ids.device), index.to(ids.device)
+
+    def _chat_row(self, messages: list[dict], row: list[int]) -> RowAlignment | None:
+        """The teacher's own rendering of the chat and the content-aligned pairs, or None when
+        the row is not the student's rendering of these messages (then its text is aligned)."""
+        s_ids, t_ids, pairs = align_chat(messages, self.s_tok, self.t_tok)
+        if s_ids[: len(row)] != row:
+            return None
+        pairs = [(i, j) for i, j in pairs if i < len(row)]
+        self.stats.chat_rows += 1
+        last = max((j for _, j in pairs), default=0)
+        return RowAlignment(t_ids[: last + 1], pairs)
 
     def _cross(self, hidden: torch.Tensor) -> CrossVocabTeacher:
         head = self.model.get_output_embeddings()

@@ -134,7 +134,7 @@ def align_chat(messages: list[dict], student_tokenizer, teacher_tokenizer):
 
     Returns ``(student_ids, teacher_ids, pairs)``; a pair ``(i, j)`` means student token
     ``i`` and teacher token ``j`` end at the same character of the same message, having read
-    that message's content from its start."""
+    that message's content from its start, or both end their template just before it."""
     contents = [m["content"] for m in messages]
     sides = []
     for tok in (student_tokenizer, teacher_tokenizer):
@@ -155,6 +155,8 @@ def align_chat(messages: list[dict], student_tokenizer, teacher_tokenizer):
             for m, (lo, hi) in enumerate(spans):
                 if lo < b <= hi and a >= lo:
                     out[(m, b - lo)] = k
+                elif b == lo:  # the template's last token before the content: both predict
+                    out[(m, 0)] = k  # the content's first token from their own template
         return out
 
     s_ends, t_ends = ends(s_off, s_spans), ends(t_off, t_spans)

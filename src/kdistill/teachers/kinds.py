@@ -62,14 +62,29 @@ def _served(settings: dict, *, tokenizer, vocab_size: int, **_):
     )
 
 
-def _aligned(settings: dict, *, model, tokenizer, teacher_tokenizer=None, vocab_size: int, **_):
-    """The teacher model with its own tokenizer (see :mod:`kdistill.teachers.aligned`)."""
+def _aligned(
+    settings: dict,
+    *,
+    model,
+    tokenizer,
+    teacher_tokenizer=None,
+    vocab_size: int,
+    chats=None,
+    **_,
+):
+    """The teacher model with its own tokenizer (see :mod:`kdistill.teachers.aligned`);
+    ``chats``: the training examples' messages when the data are chats."""
     from kdistill.teachers.aligned import AlignedTeacher
 
     if teacher_tokenizer is None:
         raise InputError("teacher.kind=aligned needs the teacher's own tokenizer")
     return AlignedTeacher(
-        model, teacher_tokenizer, tokenizer, objective=settings["objective"], vocab_size=vocab_size
+        model,
+        teacher_tokenizer,
+        tokenizer,
+        objective=settings["objective"],
+        vocab_size=vocab_size,
+        chats=chats,
     )
 
 
