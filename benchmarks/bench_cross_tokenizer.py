@@ -14,12 +14,13 @@ the demo's cut otherwise): parameters vs the demo's student, and held-out bits p
 the teacher (aligned, mapped) and without (CE), at the same steps and therefore the same
 training bytes (the same tokenizer on both arms); the training bytes are reported.
 
-Bits per byte: every model scores the same held-out characters (``--eval-chars``) with its
-own tokenizer (:func:`kdistill.eval.lm_runner.score_span`, windows of 256 tokens).
+Bits per byte: every model scores the same held-out characters (the first ``--eval-chars``
+of the seed's own held-out split: the split depends on the run's seed) with its own
+tokenizer (:func:`kdistill.eval.lm_runner.score_span`, windows of 256 tokens).
 
   .venv/bin/python benchmarks/bench_cross_tokenizer.py [--parts gemma,small_vocab]
-      [--steps 30] [--seeds 0,1] [--eval-chars 12000]   (--parts gemma_start: the starting
-      figures alone, into the gemma part)
+      [--steps 30] [--seeds 0,1] [--eval-chars 12000] [--reuse]
+  (--reuse keeps finished run folders under --out and evaluates them again)
 
 Writes ``benchmarks/results/cross_tokenizer_cpu.json`` (``--out`` for the run folders).
 """
@@ -31,7 +32,6 @@ import json
 import platform
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -59,19 +59,28 @@ def bits_per_byte(model, tok, texts: list[str]) -> dict:
     return {"bits_per_byte": bits / n_bytes, "bytes": n_bytes, "tokens": n_tokens}
 
 
+def held_out(seed: int, max_chars: int) -> list[str]:
+    """The first ``max_chars`` held-out characters of the run with ``seed``: the held-out
+    split depends on the run's seed, so each seed is judged on its own held-out chapters
+    (another seed's may be in its training split)."""
+    return held_out_texts("kjv", held_out_fraction=0.05, seed=seed, max_chars=max_chars)
+
+
 def _run(out: Path, name: str, over: list[str]) -> tuple[Path, dict]:
-    cfg = load_config(demo_config_path(), [f"output_dir={out / name}", *over])
-    t0 = time.perf_counter()
-    run_dir = run_distill_lm(cfg, fresh=True)
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    summary["wall_seconds"] = time.perf_counter() - t0
-    return run_dir, summary
+    """A finished run in ``out / name`` is reused (``--reuse``: evaluate again only)."""
+    run_dir = out / name
+    if not (run_dir / "train_summary.json").is_file() or not (run_dir / "model").is_dir():
+        cfg = load_config(demo_config_path(), [f"output_dir={run_dir}", *over])
+        run_distill_lm(cfg, fresh=True)
+    return run_dir, json.loads((run_dir / "train_summary.json").read_text())
 
 
-def _arms(out, texts, seeds, common, arms: dict[str, list[str]]) -> dict:
-    """Each seed runs every arm in turn; each final model is scored for bits per byte."""
+def _arms(out, chars: int, seeds, common, arms: dict[str, list[str]]) -> dict:
+    """Each seed runs every arm in turn; each final model is scored for bits per byte on
+    the seed's own held-out text."""
     rows = {name: [] for name in arms}
     for seed in seeds:
+        texts = held_out(seed, chars)
         for name, over in arms.items():
             run_dir, summary = _run(out, f"{name}_s{seed}", [f"seed={seed}", *common, *over])
             model, tok = load_causal_lm(str(run_dir / "model"), frozen=True)
@@ -115,41 +124,49 @@ ARMS = {
 }
 
 
-def gemma_start(out: Path, texts, steps: int, batch: int) -> dict:
-    """Held-out bits per byte before training: the teacher, SmolLM2 whole, and the pruned
-    student exactly as the runs build it (the same calibration blocks)."""
+def gemma_start(out: Path, chars: int, seeds, steps: int, batch: int) -> dict:
+    """Held-out bits per byte before training, per seed's held-out text: the teacher,
+    SmolLM2 whole, and the pruned student exactly as that seed's runs build it."""
     teacher, t_tok = load_causal_lm("gemma3-270m", frozen=True)
-    start = {"teacher_gemma3_270m": bits_per_byte(teacher, t_tok, texts)}
-    del teacher
     smol, s_tok = load_causal_lm("smollm2-135m", frozen=True)
-    start["smollm2_135m"] = bits_per_byte(smol, s_tok, texts)
-    del smol
     common = _common("gemma3-270m", f"model: smollm2-135m, {DEMO_CUT}", steps, batch)
-    cfg = load_config(demo_config_path(), [f"output_dir={out / 'untrained'}", *common])
-    _, model, tok, _, _ = load_models(
-        cfg,
-        need_teacher=False,
-        calibration=lambda t: build_lm_datasets(t, "kjv", **builders.data_kwargs(cfg))[0],
-    )
-    start["student_untrained"] = bits_per_byte(model, tok, texts)
-    start["student_untrained"]["layers"] = model.config.kdistill_teacher_layers
+    start = {}
+    for seed in seeds:
+        texts = held_out(seed, chars)
+        cfg = load_config(
+            demo_config_path(), [f"output_dir={out / 'untrained'}", f"seed={seed}", *common]
+        )
+        _, model, tok, _, _ = load_models(
+            cfg,
+            need_teacher=False,
+            calibration=lambda t, c=cfg: build_lm_datasets(t, "kjv", **builders.data_kwargs(c))[0],
+        )
+        start[f"seed{seed}"] = {
+            "teacher_gemma3_270m": bits_per_byte(teacher, t_tok, texts),
+            "smollm2_135m": bits_per_byte(smol, s_tok, texts),
+            "student_untrained": {
+                **bits_per_byte(model, tok, texts),
+                "layers": model.config.kdistill_teacher_layers,
+            },
+        }
+        del model
     return start
 
 
-def part_gemma(out: Path, texts, seeds, steps: int, batch: int) -> dict:
-    start = gemma_start(out, texts, steps, batch)
+def part_gemma(out: Path, chars: int, seeds, steps: int, batch: int) -> dict:
+    start = gemma_start(out, chars, seeds, steps, batch)
     common = _common("gemma3-270m", f"model: smollm2-135m, {DEMO_CUT}", steps, batch)
-    return {"start": start, "arms": _arms(out, texts, seeds, common, ARMS)}
+    return {"start": start, "arms": _arms(out, chars, seeds, common, ARMS)}
 
 
-def part_small_vocab(out: Path, texts, seeds, steps: int, batch: int) -> dict:
+def part_small_vocab(out: Path, chars: int, seeds, steps: int, batch: int) -> dict:
     student = f"model: smollm2-135m, {DEMO_CUT}, tokenizer_vocab: 8192"
     common = _common("smollm2-135m", student, steps, batch)
     arms = ARMS
-    result = _arms(out, texts, seeds, common, arms)
+    result = _arms(out, chars, seeds, common, arms)
     model, tok = load_causal_lm(str(out / f"kd_ce_s{seeds[0]}" / "model"), frozen=True)
     vocab_info = model.config.kdistill_vocab  # parameters before the new vocabulary: the demo's
-    sample = "".join(texts)
+    sample = "".join(held_out(seeds[0], chars))
     bytes_per_token = len(sample.encode()) / len(tok(sample, add_special_tokens=False)["input_ids"])
     del model
     return {
@@ -170,9 +187,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--eval-chars", type=int, default=12000)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_cross_tokenizer"))
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs; evaluate again")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    texts = held_out_texts("kjv", held_out_fraction=0.05, seed=0, max_chars=args.eval_chars)
     dest = HERE / "results" / "cross_tokenizer_cpu.json"
     result = json.loads(dest.read_text()) if dest.exists() else {}
     result.update(
@@ -184,20 +201,16 @@ def main() -> None:
             "batch": args.batch,
             "block_size": 256,
             "seeds": seeds,
-            "eval_chars": sum(len(t) for t in texts),
+            "eval_chars": args.eval_chars,
+            "eval_text": "the first eval_chars characters of each seed's own held-out split",
         }
     )
     for part in args.parts.split(","):
         out = args.out / part
-        if out.exists():
+        if out.exists() and not args.reuse:
             shutil.rmtree(out)
-        if part == "gemma_start":  # the starting figures again, into the gemma part
-            result.setdefault("gemma", {})["start"] = gemma_start(
-                out, texts, args.steps, args.batch
-            )
-        else:
-            fn = {"gemma": part_gemma, "small_vocab": part_small_vocab}[part]
-            result[part] = fn(out, texts, seeds, args.steps, args.batch)
+        fn = {"gemma": part_gemma, "small_vocab": part_small_vocab}[part]
+        result[part] = fn(out, args.eval_chars, seeds, args.steps, args.batch)
         dest.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k in ("gemma", "small_vocab")}, indent=1))
 
