@@ -88,7 +88,8 @@ class StudentFromTeacher(Strict):
 class ModelSpec(Strict):
     model: str | None = Field(
         None,
-        description="bundled name (smollm2-135m), a .gguf file, or a local HF folder; "
+        description="bundled name (smollm2-135m, gemma3-270m), a .gguf file, a local HF folder "
+        "or a hub id (org/name[@revision], through the Hugging Face cache); "
         "for classifiers an architecture (cnn, mlp) or a trained run's model folder",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
@@ -123,7 +124,8 @@ class TeacherSpec(Strict):
     )
     model: str | None = Field(
         "smollm2-135m",
-        description="bundled name (smollm2-135m), a .gguf file, or a local HF folder; "
+        description="bundled name (smollm2-135m, gemma3-270m), a .gguf file, a local HF folder "
+        "or a hub id (org/name[@revision], through the Hugging Face cache); "
         "for classifiers an architecture (cnn, mlp) or a trained run's model folder",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")

@@ -57,19 +57,31 @@ def _file_edges(path: Path) -> str:
 
 
 def local_model_identity(spec: str) -> dict:
-    """Identity of a bundled name, a ``.gguf`` file or a local HF folder."""
+    """Identity of a bundled name, a ``.gguf`` file, a local HF folder or a hub id (its
+    cached snapshot, with the commit it holds)."""
+    from kdistill.models.hub import looks_like_hub_id, snapshot_commit
+
     if spec in BUNDLED:
         path = bundled_gguf_path(spec)
         return {"kind": "local", "name": spec, "fingerprint": _digest(["gguf", _file_edges(path)])}
     path = Path(spec).expanduser()
     if path.is_file():
         return {"kind": "local", "name": spec, "fingerprint": _digest(["gguf", _file_edges(path)])}
+    commit = None
+    if not path.exists() and looks_like_hub_id(spec):
+        from kdistill.models.hub import hub_snapshot
+
+        path = hub_snapshot(spec)
+        commit = snapshot_commit(path)
     config = path / "config.json"
     parts: list = [hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None]
     for pattern in _WEIGHT_GLOBS:
         for w in sorted(path.glob(pattern)):
             parts.append([w.name, _file_edges(w)])
-    return {"kind": "local", "name": spec, "fingerprint": _digest(parts)}
+    out = {"kind": "local", "name": spec, "fingerprint": _digest(parts)}
+    if commit:
+        out["hub_commit"] = commit
+    return out
 
 
 def served_identity(base_url: str, model: str, system_fingerprint: str | None = None) -> dict:

@@ -7,25 +7,35 @@ from pathlib import Path
 import torch
 
 from kdistill.errors import InputError, KdistillError
+from kdistill.log import get_logger
 from kdistill.models.bundled import BUNDLED, ModelNotFoundError, materialise_bundled
 from kdistill.models.gguf import load_gguf, to_plain_model
+
+log = get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_path(spec: str) -> tuple[Path, str | None]:
-    """(folder, gguf file name or None) for a spec: bundled name, GGUF file or HF folder."""
+    """(folder, gguf file name or None) for a spec: bundled name, GGUF file, local HF folder,
+    or a Hugging Face hub id (``org/name[@revision]``, through the hub cache)."""
+    from kdistill.models.hub import hub_snapshot, looks_like_hub_id
+
     if spec in BUNDLED:
         return materialise_bundled(spec), None
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
     if path.is_dir() and (path / "config.json").is_file():
+        if "/" in spec and looks_like_hub_id(spec):
+            log.info(f"model {spec!r}: using the local folder {path.resolve()}, not the hub id")
         return path, None
+    if looks_like_hub_id(spec) and not path.exists():
+        return hub_snapshot(spec), None
     names = ", ".join(BUNDLED)
     raise ModelNotFoundError(
-        f"model {spec!r} not found: give a bundled name ({names}), a .gguf file, or a local "
-        "Hugging Face folder with config.json (hub downloads are disabled)"
+        f"model {spec!r} not found: give a bundled name ({names}), a .gguf file, a local "
+        "Hugging Face folder with config.json, or a hub id (org/name[@revision])"
     )
 
 

@@ -1,0 +1,85 @@
+"""Hub model ids, resolved offline from a pre-populated Hugging Face cache under a socket
+guard (any network attempt fails the test)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+import yaml
+
+from kdistill.models.hub import HubModelError
+from kdistill.models.identity import local_model_identity
+from kdistill.models.loading import resolve_model_path
+from tests.conftest import tiny_overrides
+
+REPO_ID = "kdistill-test/tiny-llama"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DEMO = str(
+    __import__("pathlib").Path(__file__).resolve().parents[2] / "src/kdistill/configs/demo.yaml"
+)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, tiny_teacher_dir, monkeypatch):
+    """A hub cache holding one snapshot of the tiny teacher; offline; no sockets."""
+    cache = tmp_path / "hub"
+    repo = cache / f"models--{REPO_ID.replace('/', '--')}"
+    shutil.copytree(tiny_teacher_dir, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return repo
+
+
+def test_a_hub_id_resolves_to_its_cached_snapshot_with_the_commit_in_the_identity(hub_cache):
+    folder, gguf = resolve_model_path(REPO_ID)
+    assert gguf is None and folder == hub_cache / "snapshots" / COMMIT
+    assert resolve_model_path(f"{REPO_ID}@{COMMIT}")[0] == folder
+    ident = local_model_identity(REPO_ID)
+    assert ident["hub_commit"] == COMMIT and ident["name"] == REPO_ID
+
+
+def test_distill_from_a_hub_teacher_offline(hub_cache, tiny_text_file, tmp_path):
+    from kdistill.cli.main import main
+
+    out = tmp_path / "run"
+    over = tiny_overrides(REPO_ID, tiny_text_file, out, **{"training.max_steps": 1})
+    assert main(["distill", DEMO, *over]) == 0
+    assert (out / "model" / "model.safetensors").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["teacher"]["model"] == REPO_ID
+
+
+def test_an_id_neither_cached_nor_reachable_is_one_line(
+    hub_cache, tiny_text_file, tmp_path, capsys
+):
+    from kdistill.cli.main import main
+
+    with pytest.raises(HubModelError, match="HF_HUB_OFFLINE"):
+        resolve_model_path("kdistill-test/not-cached")
+    over = tiny_overrides("kdistill-test/not-cached", tiny_text_file, tmp_path / "r")
+    assert main(["distill", DEMO, *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kdistill-test/not-cached" in err[0] and "HF_HUB_OFFLINE" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_local_folder_of_the_same_name_wins(
+    hub_cache, tiny_teacher_dir, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / REPO_ID
+    shutil.copytree(tiny_teacher_dir, local)
+    with caplog.at_level("INFO"):
+        folder, _ = resolve_model_path(REPO_ID)
+    assert folder.resolve() == local.resolve()
+    assert "local folder" in caplog.text
