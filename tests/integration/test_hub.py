@@ -1,10 +1,11 @@
-"""Hub model ids, resolved offline from a pre-populated Hugging Face cache under a socket
-guard (any network attempt fails the test)."""
+"""Hub model and data set ids, resolved offline from a pre-populated Hugging Face cache
+under a socket guard (any network attempt fails the test)."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,9 +17,7 @@ from tests.conftest import tiny_overrides
 
 REPO_ID = "kdistill-test/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-DEMO = str(
-    __import__("pathlib").Path(__file__).resolve().parents[2] / "src/kdistill/configs/demo.yaml"
-)
+DEMO = str(Path(__file__).resolve().parents[2] / "src/kdistill/configs/demo.yaml")
 
 
 @pytest.fixture
@@ -83,3 +82,31 @@ def test_a_local_folder_of_the_same_name_wins(
         folder, _ = resolve_model_path(REPO_ID)
     assert folder.resolve() == local.resolve()
     assert "local folder" in caplog.text
+
+
+def test_distill_on_a_hub_data_set_offline(hub_cache, tmp_path):
+    """A hub data set (parquet under a made-up id) from the cache: its train files only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdistill.cli.main import main
+    from kdistill.data.lm import load_records
+    from tests.conftest import TINY_TEXT
+
+    cache = hub_cache.parent
+    snap = cache / "datasets--kdistill-test--tiny-text" / "snapshots" / COMMIT
+    (snap / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": TINY_TEXT}), snap / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": ["held back"] * 4}), snap / "data" / "test-00000.parquet")
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(COMMIT)
+    records = load_records("kdistill-test/tiny-text")
+    assert records == TINY_TEXT  # the train split's file, not the test one
+    out = tmp_path / "run"
+    over = tiny_overrides(REPO_ID, Path("unused"), out, **{"training.max_steps": 1})
+    over = [
+        o if not o.startswith("data.source=") else "data.source=kdistill-test/tiny-text"
+        for o in over
+    ]
+    assert main(["distill", DEMO, *over]) == 0
+    assert (out / "model" / "model.safetensors").is_file()

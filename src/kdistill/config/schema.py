@@ -219,7 +219,11 @@ def teacher_spec(data) -> TeacherSpec:
 
 
 class DataSpec(Strict):
-    source: str = Field("kjv", description="kjv | fashion-mnist | path to .txt/.jsonl/.parquet")
+    source: str = Field(
+        "kjv",
+        description="kjv | fashion-mnist | path to .txt/.jsonl/.parquet | a hub data set id "
+        "(org/name[@revision]: its train files, through the Hugging Face cache)",
+    )
     text_field: str = Field("text", description="text column of a JSONL/Parquet source")
     block_size: int = Field(256, ge=8, description="tokens per packed block / max chat length")
     held_out_fraction: float = Field(0.05, gt=0, lt=1, description="share of records held out")

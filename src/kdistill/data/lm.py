@@ -159,8 +159,16 @@ def load_records(source: str, text_field: str = "text") -> list[str | list[dict]
         return kjv_chapters()
     path = Path(source).expanduser()
     if not path.exists():
+        from kdistill.data.hub import dataset_files, looks_like_dataset_id
+
+        if looks_like_dataset_id(source):  # a Hugging Face hub data set
+            records: list = []
+            for f in dataset_files(source):
+                records.extend(load_records(str(f), text_field))
+            return records
         raise MissingFileError(
-            f"data source {source!r} not found: give 'kjv', or a .txt/.jsonl/.parquet file"
+            f"data source {source!r} not found: give 'kjv', a .txt/.jsonl/.parquet file or a "
+            "hub data set id (org/name[@revision])"
         )
     if path.suffix not in (".txt", ".jsonl", ".json", ".parquet"):
         raise InputError(
