@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -419,3 +420,33 @@ def test_chat_data_give_each_model_its_own_template(
     sig = json.loads((out / "train_summary.json").read_text())["teacher_signal"]
     assert sig["chat_rows_own_templates"] == 2 * 4  # every row of both steps
     assert 0 < sig["aligned_share"] < 1
+
+
+def test_a_teacher_without_a_chat_template_aligns_chat_rows_by_their_text(
+    sp_teacher_dir, tiny_teacher_dir, tiny_chat_file, tmp_path
+):
+    """A base model (Gemma 3 270M base has no chat template) still teaches on chat data."""
+    from kdistill.cli.main import main
+
+    teacher = tmp_path / "base_teacher"
+    shutil.copytree(sp_teacher_dir, teacher)
+    (teacher / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_file = teacher / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("chat_template", None)
+    cfg_file.write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    over = tiny_overrides(
+        teacher,
+        tiny_chat_file,
+        out,
+        **{
+            "teacher.kind": "aligned",
+            "student.from_teacher": f"{{model: {tiny_teacher_dir}, keep_layers: [0, 3]}}",
+            "data.block_size": 48,
+            "training.max_steps": 1,
+        },
+    )
+    assert main(["distill", DEMO, *over]) == 0
+    sig = json.loads((out / "train_summary.json").read_text())["teacher_signal"]
+    assert sig["chat_rows_own_templates"] == 0 and 0 < sig["aligned_share"] < 1

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kdistill.log import get_logger
 from kdistill.losses.cross_vocab import (
     CrossVocabTeacher,
     SortedSignal,
@@ -37,6 +38,8 @@ from kdistill.models.vocab import map_vocab
 from kdistill.signals import SparseSignal
 from kdistill.teachers.alignment import RowAlignment, TextAligner, align_chat
 from kdistill.teachers.base import EXAMPLE_INDEX, TeacherSignal, Want
+
+log = get_logger(__name__)
 
 SHARE_SAMPLE = 64  # aligned positions per batch the mapped share is measured on
 
@@ -82,6 +85,7 @@ class AlignedTeacher:
             p.requires_grad_(False)
         self.t_tok, self.s_tok = teacher_tokenizer, student_tokenizer
         self.chats = chats
+        self._chat_warned = False
         self.aligner = TextAligner(student_tokenizer, teacher_tokenizer)
         self.objective = objective
         self.vocab_size = vocab_size
@@ -139,7 +143,13 @@ class AlignedTeacher:
     def _chat_row(self, messages: list[dict], row: list[int]) -> RowAlignment | None:
         """The teacher's own rendering of the chat and the content-aligned pairs, or None when
         the row is not the student's rendering of these messages (then its text is aligned)."""
-        s_ids, t_ids, pairs = align_chat(messages, self.s_tok, self.t_tok)
+        try:
+            s_ids, t_ids, pairs = align_chat(messages, self.s_tok, self.t_tok)
+        except (ValueError, TypeError, KeyError) as exc:  # e.g. a base model without a template
+            if not self._chat_warned:
+                log.warning(f"chat rows aligned by their text: {str(exc).splitlines()[0][:120]}")
+                self._chat_warned = True
+            return None
         if s_ids[: len(row)] != row:
             return None
         pairs = [(i, j) for i, j in pairs if i < len(row)]
