@@ -380,6 +380,38 @@ def test_chunked_and_full_logit_paths_agree(tiny_teacher_dir, tiny_text_file, tm
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
 
 
+def test_gradient_checkpointing_gives_the_same_training(
+    tiny_teacher_dir, tiny_text_file, tmp_path, monkeypatch
+):
+    """Recomputing activations in backward is exact: the same losses and gradient norms; and
+    it did recompute (the checkpoint function ran only in the checkpointed run)."""
+    import transformers.modeling_utils as mu
+
+    calls = []
+    real = mu.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", counting)
+    demo = REPO / "src/kdistill/configs/demo.yaml"
+    logs, counts = {}, {}
+    for name, on in (("plain", "false"), ("checkpointed", "true")):
+        out = tmp_path / name
+        over = {"training.gradient_checkpointing": on, "training.max_steps": 2}
+        run_distill_lm(
+            load_config(demo, tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **over))
+        )
+        logs[name], counts[name] = _log(out), len(calls)
+        calls.clear()
+    assert counts["plain"] == 0 and counts["checkpointed"] > 0
+    assert len(logs["plain"]) == len(logs["checkpointed"]) >= 2
+    for a, b in zip(logs["plain"], logs["checkpointed"], strict=True):
+        for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
 def test_student_cut_from_a_model_named_on_its_own(tiny_teacher_dir, tiny_text_file, tmp_path):
     """No teacher at all (kind none, teacher.model null): the student is still cut from the
     model that student.from_teacher names."""

@@ -30,6 +30,19 @@ def schedule_kwargs(cfg: RunConfig) -> dict:
     }
 
 
+def _checkpointing_key() -> str:
+    """transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing``
+    (the old name warns); use the one the installed version has."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else ("gradient_checkpointing")
+    )
+
+
 def no_teacher(cfg: RunConfig) -> bool:
     """The same-size baseline: ``teacher.kind: none``."""
     return cfg.teacher.kind == "none"
@@ -98,6 +111,7 @@ def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
         "save_total_limit": t.save_total_limit,
         "save_strategy": "steps",
         "bf16": t.bf16,
+        _checkpointing_key(): t.gradient_checkpointing,
         "report_to": t.report_to or "none",
         "seed": cfg.seed,
         "data_seed": cfg.seed,
