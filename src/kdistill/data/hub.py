@@ -10,11 +10,11 @@ file. Not yet: subsets by name, other splits, streaming.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from kdistill.errors import InputError
+from kdistill.hub_cache import snapshot, why_missing
 
 _ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 DATA_SUFFIXES = (".parquet", ".jsonl", ".txt")
@@ -26,27 +26,15 @@ def looks_like_dataset_id(source: str) -> bool:
 
 def dataset_files(source: str) -> list[Path]:
     """The local data files of hub data set ``source``, train split first (sorted)."""
-    from huggingface_hub import snapshot_download
-
-    repo, _, revision = source.partition("@")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        folder = Path(
-            snapshot_download(
-                repo,
-                repo_type="dataset",
-                revision=revision or None,
-                allow_patterns=[f"*{s}" for s in DATA_SUFFIXES],
-                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-                local_files_only=offline,
-            )
+        folder = snapshot(
+            source, repo_type="dataset", allow_patterns=[f"*{s}" for s in DATA_SUFFIXES]
         )
     except Exception as exc:  # not cached, not found, gated, network
-        why = "HF_HUB_OFFLINE=1 forbids downloading it" if offline else type(exc).__name__
         raise InputError(
-            f"data source {source!r} not found: not a local file and not in the Hugging Face "
-            f"cache (HF_HUB_CACHE / HF_HOME; {why}); give 'kjv', a .txt/.jsonl/.parquet file, "
-            "or a hub data set id downloaded once with network access"
+            f"data source {source!r} not found: a hub data set {why_missing(exc)}; give "
+            "'kjv', a .txt/.jsonl/.parquet file, or a hub data set id downloaded once with "
+            "network access"
         ) from exc
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
     train = [p for p in files if "train" in p.relative_to(folder).as_posix().lower()]

@@ -35,6 +35,7 @@ import torch
 
 from kdistill.losses.cross_vocab import CrossVocabTeacher, SortedSignal
 from kdistill.losses.divergences import _mixture_logp, get_divergence
+from kdistill.losses.heads import project_logits
 from kdistill.losses.objective import (
     KDSums,
     check_temperature,
@@ -68,16 +69,6 @@ class _Spec:
     soft_mask: torch.Tensor | None = None  # (N,) bool: positions with a soft target
 
 
-def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
-    """Logits ``(C, V)`` from hidden ``(C, H)``: ``hidden @ W.T + b``, scaled, soft-capped."""
-    logits = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
-    if logit_scale is not None:
-        logits = logits * logit_scale
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    return logits
-
-
 def _teacher_chunk(spec: _Spec, sl: slice, dtype: torch.dtype):
     """The teacher over positions ``sl``: logits ``(C, V)``, a Dense or a SparseSignal."""
     t = spec.teacher
@@ -91,7 +82,7 @@ def _teacher_chunk(spec: _Spec, sl: slice, dtype: torch.dtype):
         return DenseSignal(t.logprobs[sl], t.made_at_temperature)
     if spec.teacher_head is not None:
         w, b = spec.teacher_head
-        return _project(t[sl].to(dtype), w, b, spec.logit_scale, spec.softcap)
+        return project_logits(t[sl].to(dtype), w, b, spec.logit_scale, spec.softcap)
     return t[sl]
 
 
@@ -205,7 +196,7 @@ def _by_autograd(spec: _Spec, z, t_chunk, labels, valid, need_grad: bool, soft_m
 def _chunk(spec: _Spec, h, w, b, sl: slice, valid, labels, need_grad: bool):
     """One chunk: ``(soft_sum, hard_sum, d(part)/d(x))`` where ``x = h @ W.T + b`` are the
     chunk's pre-scale logits ``(C, V)`` (the gradient is None unless ``need_grad``)."""
-    x = _project(h, w, b, spec.logit_scale, None)
+    x = project_logits(h, w, b, spec.logit_scale, None)
     z = x if spec.softcap is None else spec.softcap * torch.tanh(x / spec.softcap)
     del x
     t_chunk = None if spec.teacher is None else _teacher_chunk(spec, sl, spec.dtype)

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from kdistill.losses.heads import project_logits
 from kdistill.signals import SparseSignal, fp32_or_wider
 
 
@@ -191,14 +192,14 @@ class CrossVocabTeacher:
 
     def logits(self, sl: slice, dtype: torch.dtype) -> torch.Tensor:
         """Teacher logits ``(C, V_t)`` of rows ``sl``."""
-        h = self.hidden[sl].to(dtype)
-        w = self.head_weight.to(dtype)
-        z = h @ w.T if self.head_bias is None else torch.addmm(self.head_bias.to(dtype), h, w.T)
-        if self.logit_scale is not None:
-            z = z * self.logit_scale
-        if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
-        return z
+        bias = None if self.head_bias is None else self.head_bias.to(dtype)
+        return project_logits(
+            self.hidden[sl].to(dtype),
+            self.head_weight.to(dtype),
+            bias,
+            self.logit_scale,
+            self.softcap,
+        )
 
     def target(self, sl: slice, kd_temperature: float, dtype: torch.dtype = torch.float32):
         """The target of rows ``sl`` at ``kd_temperature``."""

@@ -11,11 +11,11 @@ so. The snapshot folder is named by the commit it holds, which goes into the tea
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from kdistill.errors import KdistillError
+from kdistill.hub_cache import snapshot, why_missing
 
 _ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
 _NEEDED = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
@@ -29,42 +29,19 @@ def looks_like_hub_id(spec: str) -> bool:
     return bool(_ID.match(spec)) and not spec.endswith(".gguf")
 
 
-def split_revision(spec: str) -> tuple[str, str | None]:
-    """``org/name@rev`` -> ``("org/name", "rev")``."""
-    repo, _, revision = spec.partition("@")
-    return repo, revision or None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def hub_snapshot(spec: str) -> Path:
     """The local snapshot folder of hub model ``spec`` (downloaded once, then cached)."""
-    from huggingface_hub import snapshot_download
-
-    repo, revision = split_revision(spec)
-    kwargs = {
-        "revision": revision,
-        "cache_dir": os.environ.get("HF_HUB_CACHE") or None,
-        "local_files_only": _offline(),
-    }
     try:
-        folder = Path(snapshot_download(repo, allow_patterns=_NEEDED, **kwargs))
+        folder = snapshot(spec, repo_type="model", allow_patterns=_NEEDED)
         if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(repo, allow_patterns=[*_NEEDED, "*.bin"], **kwargs))
+            folder = snapshot(spec, repo_type="model", allow_patterns=[*_NEEDED, "*.bin"])
     except Exception as exc:  # huggingface_hub's errors: not cached, not found, gated, network
-        where = "the Hugging Face cache (HF_HUB_CACHE / HF_HOME)"
-        if _offline():
-            why = f"not in {where} and HF_HUB_OFFLINE=1 forbids downloading it"
-        else:
-            why = f"not in {where} and the hub did not give it ({type(exc).__name__})"
         from kdistill.models.bundled import BUNDLED
 
         raise HubModelError(
-            f"model {spec!r} not found: {why}; download it once with network access (gated "
-            f"models need HF_TOKEN), or give a bundled name ({', '.join(BUNDLED)}), a .gguf "
-            "file or a local folder"
+            f"model {spec!r} not found: {why_missing(exc)}; download it once with network "
+            f"access (gated models need HF_TOKEN), or give a bundled name "
+            f"({', '.join(BUNDLED)}), a .gguf file or a local folder"
         ) from exc
     if not (folder / "config.json").is_file():
         raise HubModelError(f"model {spec!r}: the hub snapshot {folder} has no config.json")
