@@ -141,7 +141,7 @@ def register_teacher_kind(
     name: str, factory: Callable[..., Teacher], *, needs_model: bool = False
 ) -> None:
     """Make a teacher kind buildable by name (also from code outside kdistill); its settings
-    are registered with :func:`kdistill.config.schema.register_teacher_spec`."""
+    are registered with :func:`kdistill.config.teacher_specs.register_teacher_spec`."""
     TEACHER_KINDS[name] = TeacherKind(factory, needs_model)
 
 
