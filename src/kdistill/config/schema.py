@@ -148,6 +148,19 @@ class DataSpec(Strict):
         description="classifier: shift each training image by up to N pixels per step (the "
         "teacher sees the same shifted image)",
     )
+    flip: bool = Field(
+        False,
+        description="classifier: mirror each training image left-right with probability 1/2 "
+        "(the teacher sees the same image)",
+    )
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="classifier: blend each batch with a shuffled copy of itself, the share "
+        "drawn from Beta(a, a) (function matching: the online teacher labels the blended "
+        "image; needs a teacher and distill.hard_weight 0); 0 = off",
+    )
 
 
 class TermSpec(Strict):

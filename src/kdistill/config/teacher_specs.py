@@ -41,6 +41,11 @@ class TeacherSpec(Strict):
     dropout: float = Field(
         0.0, ge=0, lt=1, description="classifier: dropout on each hidden layer while training"
     )
+    ensemble: list[str] = Field(
+        default_factory=list,
+        description="classifier: more trained teachers' model folders; the teacher is then the "
+        "ensemble of teacher.model and these (the mean of their log-probabilities)",
+    )
 
 
 class ModelTeacherSpec(TeacherSpec):

@@ -133,17 +133,49 @@ def jitter_images(images: torch.Tensor, pixels: int, generator=None) -> torch.Te
     return out
 
 
-class ImageCollator:
-    """Stack a batch (with each example's index, for teachers that look targets up by it);
-    ``jitter``: shift every training image by up to that many pixels."""
+def flip_images(images: torch.Tensor, generator=None) -> torch.Tensor:
+    """Each image of ``(B, 1, H, W)`` mirrored left-right with probability 1/2."""
+    pick = torch.rand(len(images), generator=generator) < 0.5
+    out = images.clone()
+    out[pick] = images[pick].flip(-1)
+    return out
 
-    def __init__(self, jitter: int = 0):
-        self.jitter = jitter
+
+def mixup_images(images: torch.Tensor, alpha: float, generator=None) -> torch.Tensor:
+    """The batch blended with a shuffled copy of itself: ``lam * x + (1 - lam) * x[perm]``,
+    one ``lam ~ Beta(alpha, alpha)`` per batch (Zhang et al. 2018). The labels are left as
+    they are: a blended image is labelled by the teacher (function matching)."""
+    if alpha <= 0 or len(images) < 2:
+        return images
+    from scipy.stats import beta
+
+    # torch's Beta takes no generator: the share from the generator's uniform stream
+    lam = float(beta.ppf(float(torch.rand((), generator=generator)), alpha, alpha))
+    perm = torch.randperm(len(images), generator=generator)
+    return lam * images + (1.0 - lam) * images[perm]
+
+
+class ImageCollator:
+    """Stack a batch (with each example's index, for teachers that look targets up by it),
+    augmenting the training images: ``jitter`` (shift by up to that many pixels), ``flip``
+    (left-right, half of them), ``mixup`` (blend the batch, Beta(a, a)). The teacher and the
+    student see the same augmented batch."""
+
+    def __init__(self, jitter: int = 0, flip: bool = False, mixup: float = 0.0):
+        self.jitter, self.flip, self.mixup = jitter, flip, mixup
+
+    @property
+    def augments(self) -> bool:
+        return bool(self.jitter or self.flip or self.mixup)
 
     def __call__(self, items: list[dict]) -> dict:
         pixels = torch.stack([it["pixel_values"] for it in items])
+        pixels = jitter_images(pixels, self.jitter)
+        if self.flip:
+            pixels = flip_images(pixels)
+        pixels = mixup_images(pixels, self.mixup)
         return {
-            "pixel_values": jitter_images(pixels, self.jitter),
+            "pixel_values": pixels,
             "labels": torch.stack([it["labels"] for it in items]),
             "example_index": torch.tensor([it["example_index"] for it in items]),
         }

@@ -30,6 +30,14 @@ def predict(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor,
     return torch.cat(chunks), time.perf_counter() - t0
 
 
+def _size(where) -> int | None:
+    """Bytes of a model folder's weights; of every member's for an ensemble (a list)."""
+    if isinstance(where, list | tuple):
+        sizes = [resources.dir_size(w) for w in where]
+        return None if None in sizes else sum(sizes)
+    return resources.dir_size(where)
+
+
 def evaluate_classifiers(
     models: dict[str, torch.nn.Module],
     teacher_name: str | None,
@@ -91,7 +99,7 @@ def evaluate_classifiers(
                 "correct_sums": correct_sums,
             },
             "params": count_params(model),
-            "size_bytes": resources.dir_size((model_dirs or {}).get(name)),
+            "size_bytes": _size((model_dirs or {}).get(name)),
             "examples_per_s": rate["rate"],
             "examples_per_s_spread": rate["spread"],
             "speed_raw": {"batch_s": thru[name], "latency_s": lat[name]},

@@ -58,6 +58,19 @@ class MLPClassifier(nn.Module):
 ARCHS = {"cnn": CNNClassifier, "mlp": MLPClassifier}
 
 
+class EnsembleClassifier(nn.Module):
+    """Several trained classifiers as one teacher (Hinton et al. 2015 distilled an ensemble):
+    the mean of their log-probabilities (a normalised geometric mean of their predictions)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logp = [m(pixel_values).float().log_softmax(-1) for m in self.members]
+        return torch.stack(logp).mean(0).log_softmax(-1)
+
+
 def build_classifier(
     arch: str, *, channels=None, hidden=None, n_classes: int = 10, dropout: float = 0.0
 ):

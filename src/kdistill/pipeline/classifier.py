@@ -31,6 +31,29 @@ def _check_source(cfg: RunConfig) -> None:
         )
 
 
+def _check_augmentation(cfg: RunConfig, *, stage: str) -> None:
+    """Mixup blends images whose labels no longer apply: only an online teacher can label
+    them (function matching), so it needs a teacher and no hard-label term."""
+    if cfg.teacher.ensemble and stage == "teacher":
+        raise InputError(
+            "teacher.ensemble lists trained teachers to distil from; train each with kdistill "
+            "train-teacher (one output_dir each), then give them to kdistill distill"
+        )
+    if not cfg.data.mixup:
+        return
+    if stage == "teacher" or builders.no_teacher(cfg):
+        raise InputError(
+            f"data.mixup={cfg.data.mixup}: blended images need a teacher to label them "
+            "(function matching); set data.mixup=0 here (jitter and flip work with labels)"
+        )
+    if cfg.distill.hard_weight != 0:
+        raise InputError(
+            f"data.mixup={cfg.data.mixup} with distill.hard_weight={cfg.distill.hard_weight}: "
+            "a blended image's label is neither of its images'; set distill.hard_weight=0 "
+            "(the teacher labels every blended image)"
+        )
+
+
 def _splits(cfg: RunConfig):
     _check_source(cfg)
     d = cfg.data
@@ -65,7 +88,12 @@ def _held_out_set(cfg: RunConfig):
     return ImageDataset(*load_split("test", limit=cfg.data.max_eval_tokens, seed=cfg.seed))
 
 
-def _train_split_logits(teacher, folder: str, train_set):
+def _teacher_folders(cfg: RunConfig) -> list[str]:
+    """The teacher's model folders: ``teacher.model`` and any ``teacher.ensemble``."""
+    return [cfg.teacher.model, *cfg.teacher.ensemble] if cfg.teacher.model else []
+
+
+def _train_split_logits(teacher, folders: list[str], train_set):
     """The teacher's logits for the training images, indexed like the full training split
     (rows of images not trained on: NaN), computed once per (teacher, training subset) and
     kept in kdistill's cache folder, so the runs of a sweep share them."""
@@ -81,7 +109,10 @@ def _train_split_logits(teacher, folder: str, train_set):
 
     index = train_set.source_index
     subset = hashlib.sha256(index.numpy().tobytes()).hexdigest()[:16]
-    key = f"{local_model_identity(str(folder))['fingerprint']}-{subset}"
+    prints = [local_model_identity(str(f))["fingerprint"] for f in folders]
+    if len(prints) > 1:  # an ensemble: one key for its members, in their order
+        prints = [hashlib.sha256("+".join(prints).encode()).hexdigest()[:16]]
+    key = f"{prints[0]}-{subset}"
     path = cache_root() / "classifier-logits" / f"{key}.safetensors"
     if path.is_file():
         try:
@@ -114,16 +145,19 @@ def _train(
     ckpt = run.path / "checkpoints"
     preemption = PreemptionCallback()
     train_set = _train_set(cfg)
-    if teacher is not None and not cfg.data.jitter:
+    d = cfg.data
+    collator = ImageCollator(d.jitter, d.flip, d.mixup)
+    if teacher is not None and not collator.augments:
         # the same image every epoch: the teacher's logits once, looked up by index
         from kdistill.teachers.precomputed import PrecomputedTeacher
 
-        teacher = PrecomputedTeacher(_train_split_logits(teacher, cfg.teacher.model, train_set))
+        folders = _teacher_folders(cfg)
+        teacher = PrecomputedTeacher(_train_split_logits(teacher, folders, train_set))
     trainer = KDTrainer(
         model=model,
         args=TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt))),
         train_dataset=train_set,
-        data_collator=ImageCollator(cfg.data.jitter),
+        data_collator=collator,
         teacher=teacher,
         schedules=KDSchedules.build(**schedules_kwargs),
         log_path=run.path / "kd_log.jsonl",
@@ -228,6 +262,7 @@ def run_train_teacher_classifier(cfg: RunConfig, *, fresh: bool = False) -> Path
     """Stage 1: train ``teacher.model`` (cnn / mlp / a trained folder) on hard labels."""
     from kdistill.models.classifiers import classifier_from_spec
 
+    _check_augmentation(cfg, stage="teacher")
     run = _start(cfg, fresh)
     if run is None:
         return Path(cfg.output_dir)
@@ -251,6 +286,7 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool 
     is then only evaluated beside it, and the student's results are named ``baseline``.
     """
     from kdistill.models.classifiers import (
+        EnsembleClassifier,
         classifier_folder,
         classifier_from_spec,
         load_classifier,
@@ -263,17 +299,19 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool 
             "teacher.model: give the trained teacher's folder (kdistill "
             "train-teacher writes it to <output_dir>/model)"
         )
-    if cfg.teacher.model:
-        from kdistill.models.classifiers import classifier_folder as _folder
-
-        _folder(cfg.teacher.model)  # exists and is a classifier, before anything is created
+    if cfg.teacher.ensemble and not cfg.teacher.model:
+        raise InputError("teacher.ensemble needs teacher.model too (the ensemble's first member)")
+    _check_augmentation(cfg, stage="student")
+    for folder in _teacher_folders(cfg):  # exist and are classifiers, before anything is made
+        classifier_folder(folder)
     run = _start(cfg, fresh)
     if run is None:
         return Path(cfg.output_dir)
     with run:
         teacher = None
         if cfg.teacher.model:
-            teacher, _ = load_classifier(cfg.teacher.model)
+            members = [load_classifier(f)[0] for f in _teacher_folders(cfg)]
+            teacher = members[0] if len(members) == 1 else EnsembleClassifier(members)
             freeze(teacher)
         torch.manual_seed(cfg.seed)
         student, spec = classifier_from_spec(
@@ -287,5 +325,7 @@ def run_distill_classifier(cfg: RunConfig, *, fresh: bool = False, resume: bool 
         trainer, info = _train(cfg, student, online, run, sched, resume)
         others = {} if teacher is None else {"teacher": teacher}
         me = "baseline" if baseline else "student"
-        dirs = {} if teacher is None else {"teacher": classifier_folder(cfg.teacher.model)}
+        dirs = {}
+        if teacher is not None:  # an ensemble's size: all its members'
+            dirs = {"teacher": [classifier_folder(f) for f in _teacher_folders(cfg)]}
         return _finish(cfg, run.path, trainer, spec, me, others, info, dirs)

@@ -78,6 +78,11 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
 
     check_output_folder(cfg.output_dir, "output_dir")
     kind = cfg.teacher.kind
+    if cfg.teacher.ensemble:
+        raise InputError(
+            "teacher.ensemble averages classifier teachers (task: classifier); an LM run "
+            "distils one teacher.model"
+        )
     if cfg.student.from_teacher is None and not cfg.student.model:
         raise InputError("student: set student.model or student.from_teacher")
     cut_from = cfg.student.from_teacher.model if cfg.student.from_teacher else None
