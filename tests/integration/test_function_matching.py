@@ -56,7 +56,9 @@ def test_mixup_blends_the_batch_with_a_shuffled_copy():
 def test_collator_gives_teacher_and_student_one_augmented_batch():
     torch.manual_seed(0)
     x = torch.rand(8, 1, 28, 28)
-    items = [{"pixel_values": x[i], "labels": torch.tensor(i), "example_index": i} for i in range(8)]
+    items = [
+        {"pixel_values": x[i], "labels": torch.tensor(i), "example_index": i} for i in range(8)
+    ]
     col = ImageCollator(jitter=1, flip=True, mixup=0.4)
     assert col.augments and not ImageCollator().augments
     batch = col(items)
