@@ -24,6 +24,7 @@ from kdistill.teachers.model import ModelTeacher
 from kdistill.training.checkpoint import retract_latest
 from kdistill.training.meter import KDLogCallback, KDMeter
 from kdistill.training.on_policy import SAMPLED, OnPolicy, is_on_policy, on_policy_batch
+from kdistill.training.sharding import full_params, full_shape, gathered_for_step
 from kdistill.training.step import (
     KDSchedules,
     NonFiniteError,
@@ -143,6 +144,15 @@ class KDTrainer(Trainer):
             out.append(batch)
         return out, self._get_num_items_in_batch(out, device)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # a ZeRO-3 head stays gathered for the whole step: the chunked loss reads it outside
+        # the module's forward, and its gradient must arrive while it is whole
+        core = self.accelerator.unwrap_model(model)
+        head = getattr(core, "get_output_embeddings", lambda: None)()
+        heads = [] if head is None else [head.weight, getattr(head, "bias", None)]
+        with gathered_for_step(*heads):
+            return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("shift_labels", None)
@@ -247,10 +257,8 @@ class KDTrainer(Trainer):
         hidden = outputs.hidden_states[-1]
         flat_h = hidden.reshape(-1, hidden.shape[-1])
         core = self.accelerator.unwrap_model(model)
-        vocab = self.kd_vocab_size or core.get_output_embeddings().weight.shape[0]
         head = core.get_output_embeddings()
-        weight = head.weight[:vocab]
-        bias = None if getattr(head, "bias", None) is None else head.bias[:vocab]
+        vocab = self.kd_vocab_size or full_shape(head.weight)[0]
         cap = getattr(core.config, "final_logit_softcapping", None)
         scale = getattr(core.config, "logit_scale", None)
         teacher, t_weight, t_bias = None, None, None
@@ -280,30 +288,33 @@ class KDTrainer(Trainer):
             if not bool(torch.isfinite(t_hidden).all()):
                 check_teacher_finite(torch.tensor([float("nan")]), step)
             teacher = t_hidden.reshape(-1, t_hidden.shape[-1])
-            t_weight = sig.head_weight[:vocab]
-            t_bias = None if sig.head_bias is None else sig.head_bias[:vocab]
+            t_weight, t_bias = sig.head_weight, sig.head_bias
         flat_labels = labels.reshape(-1)
-        loss, sums = chunked_kd_loss(
-            flat_h,
-            weight,
-            teacher,
-            flat_labels,
-            kd_temperature=knobs.kd_temperature,
-            soft_weight=knobs.soft_weight if teacher is not None else 0.0,
-            hard_weight=knobs.hard_weight,
-            divergence=divergence,
-            beta=knobs.beta,
-            skew_alpha=self.skew_alpha,
-            scale_by_t2=self.scale_by_t2,
-            num_items=num_items,
-            chunk_size=self.loss_chunk_size,
-            head_bias=bias,
-            logit_scale=scale,
-            softcap=cap,
-            teacher_head_weight=t_weight,
-            teacher_head_bias=t_bias,
-            soft_mask=None if soft_mask is None else soft_mask.reshape(-1),
-        )
+        # the heads are read outside their modules' forward: gathered first when sharded
+        # (FSDP2, ZeRO-3); the loss makes its gradients inside the block
+        with full_params(head.weight, getattr(head, "bias", None), t_weight, t_bias) as full:
+            weight, bias, t_weight, t_bias = (None if p is None else p[:vocab] for p in full)
+            loss, sums = chunked_kd_loss(
+                flat_h,
+                weight,
+                teacher,
+                flat_labels,
+                kd_temperature=knobs.kd_temperature,
+                soft_weight=knobs.soft_weight if teacher is not None else 0.0,
+                hard_weight=knobs.hard_weight,
+                divergence=divergence,
+                beta=knobs.beta,
+                skew_alpha=self.skew_alpha,
+                scale_by_t2=self.scale_by_t2,
+                num_items=num_items,
+                chunk_size=self.loss_chunk_size,
+                head_bias=bias,
+                logit_scale=scale,
+                softcap=cap,
+                teacher_head_weight=t_weight,
+                teacher_head_bias=t_bias,
+                soft_mask=None if soft_mask is None else soft_mask.reshape(-1),
+            )
         terms = self._term_sums(outputs, sig, labels, step)
         if terms:  # the chunked loss divides its own terms; these go through the same divide
             extra = sum(w * t for _, w, t in terms)
