@@ -94,6 +94,19 @@ class StudentFromTeacher(Strict):
         return self
 
 
+class LoraSpec(Strict):
+    """LoRA adapters on the student (Hu et al. 2021), through peft."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator (lora_alpha)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="modules that get adapters: all-linear (every linear layer but the output "
+        "head) or a list of module names (e.g. [q_proj, v_proj])",
+    )
+
+
 class ModelSpec(Strict):
     model: str | None = Field(
         None,
@@ -104,6 +117,11 @@ class ModelSpec(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
     from_teacher: StudentFromTeacher | None = Field(
         None, description="student only: derive from the teacher's layers"
+    )
+    lora: LoraSpec | None = Field(
+        None,
+        description="student only: train LoRA adapters (peft) on a frozen student; the run "
+        "saves the merged student (model/) and the adapter (adapter/)",
     )
     hidden: list[int] = Field(
         default_factory=lambda: [256], description="classifier mlp: hidden layer widths"

@@ -12,7 +12,7 @@ from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError, Preempted
 from kdistill.files import atomic_write_json
 from kdistill.log import get_logger
-from kdistill.pipeline.run_dir import RunFolder, open_run, save_final_model
+from kdistill.pipeline.run_dir import DONE, RunFolder, open_run, save_final_model
 
 log = get_logger(__name__)
 
@@ -202,6 +202,15 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     else:
         train_ds = lm_data(tok)
     kd_teacher = _teacher(cfg, teacher, tok, train_ds, vocab, t_tok)
+    if cfg.student.lora is not None:  # the base frozen, adapters trained
+        from kdistill.models.lora import apply_lora, trainable_share
+
+        student = apply_lora(student, **cfg.student.lora.model_dump())
+        share = trainable_share(student)
+        log.info(
+            f"LoRA student: {share['trainable_params']:,} trainable of "
+            f"{share['all_params']:,} parameters"
+        )
     from kdistill.training.terms import build_terms
 
     terms = build_terms(builders.term_settings(cfg), student=student, teacher_model=teacher)
@@ -238,7 +247,13 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         raise Preempted(preemption.signum, trainer.state.global_step, str(ckpt_dir))
     elapsed = time.perf_counter() - t0
     if trainer.is_world_process_zero():
-        save_final_model(trainer.model, tok, run_dir)
+        final = trainer.model
+        if cfg.student.lora is not None:  # adapter/ alone, then the merged student as model/
+            from kdistill.models.lora import save_adapter_and_merge, trainable_share
+
+            lora_share = trainable_share(final)
+            final = save_adapter_and_merge(final, run_dir / "adapter", DONE)
+        save_final_model(final, tok, run_dir)
         summary = {
             "train_seconds": elapsed,
             "global_step": trainer.state.global_step,
@@ -253,5 +268,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             "resumed_from": str(last) if last else None,
             "changed_on_resume": {k: list(v) for k, v in run.changed.items()},
         }
+        if cfg.student.lora is not None:
+            summary["lora"] = {**cfg.student.lora.model_dump(), **lora_share}
         atomic_write_json(run_dir / "train_summary.json", summary)
     return run_dir

@@ -83,6 +83,10 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
             "teacher.ensemble averages classifier teachers (task: classifier); an LM run "
             "distils one teacher.model"
         )
+    if cfg.student.lora is not None:
+        from kdistill.models.lora import check_peft
+
+        check_peft()
     if cfg.student.from_teacher is None and not cfg.student.model:
         raise InputError("student: set student.model or student.from_teacher")
     cut_from = cfg.student.from_teacher.model if cfg.student.from_teacher else None

@@ -464,6 +464,8 @@ def _supports_chunking(model) -> bool:
     """Causal LMs whose forward takes ``logits_to_keep`` and that expose an output head."""
     import inspect
 
+    base = getattr(model, "get_base_model", None)  # a peft (LoRA) student: its base model
+    model = base() if callable(base) else model
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
