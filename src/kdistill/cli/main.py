@@ -43,6 +43,7 @@ AllowTeacherOpt = Annotated[
         help="use stored signals or generations made by another teacher than the config's",
     ),
 ]
+DEVICE_HELP = "where the models run: auto (a CUDA GPU, else MPS, else CPU), cpu, cuda[:N], mps"
 
 
 def _version(value: bool):
@@ -149,6 +150,7 @@ def inspect(
     out: Annotated[Path, typer.Option(help="folder for inspect.json and the plot")] = Path(
         "runs/inspect"
     ),
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ):
     """Show the teacher's next-token soft labels at several temperatures (table + plot)."""
     from kdistill.pipeline.inspect import run_inspect
@@ -159,7 +161,7 @@ def inspect(
         raise typer.BadParameter(f"--temperatures must be numbers, got {temperatures!r}") from exc
     if not temps or any(t <= 0 for t in temps):
         raise typer.BadParameter("--temperatures must be > 0, e.g. 0.5,1,2")
-    run_inspect(model, prompt, temps, sequences, out)
+    run_inspect(model, prompt, temps, sequences, out, device)
 
 
 @app.command()
@@ -257,6 +259,7 @@ def eval_(
     own_sampling_temperature: Annotated[
         float, typer.Option(min=0.0, help="sampling temperature for --own-samples")
     ] = 1.0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ):
     """Evaluate the teacher and models on the held-out split (same split as training), all
     in one run: perplexity or accuracy, KL to the teacher, top-1 agreement, ECE, size,
@@ -284,6 +287,7 @@ def eval_(
             "sampling_temperature": own_sampling_temperature,
             "seed": seed,
         },
+        device=device,
     )
 
 

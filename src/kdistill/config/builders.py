@@ -120,7 +120,7 @@ def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
         "dataloader_pin_memory": False,
         "disable_tqdm": False,
         # Accelerate only sets up multi-process CPU runs (torchrun, gloo) with use_cpu=True
-        "use_cpu": not _has_accelerator(),
+        "use_cpu": cfg.device == "cpu" or not _has_accelerator(),
     }
     kwargs.update(t.extra)
     return kwargs

@@ -421,6 +421,11 @@ class RunConfig(Strict):
 
     task: Literal["lm", "classifier"] = Field("lm", description="lm | classifier")
     output_dir: str = Field("runs/distill", description="run folder (checkpoints, model, logs)")
+    device: str = Field(
+        "auto",
+        description="where models run: auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, "
+        "cuda:N or mps; training follows Accelerate's choice unless this is cpu",
+    )
     seed: int = Field(0, description="seed for init, data order and splits")
     teacher: SerializeAsAny[TeacherSpec] = Field(default_factory=ModelTeacherSpec)
     student: ModelSpec = Field(default_factory=ModelSpec)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from kdistill.eval import metrics, resources, speed
+from kdistill.models.placement import on_model
 
 EVAL_BATCH = 512
 
@@ -21,11 +22,10 @@ def _logits(out) -> torch.Tensor:
 def predict(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(logits (N, C), seconds) over images (N, 1, 28, 28) in batches of ``EVAL_BATCH``."""
     model.eval()
-    device = next(model.parameters()).device
     t0 = time.perf_counter()
     chunks = []
     for i in range(0, len(images), EVAL_BATCH):
-        out = model(pixel_values=images[i : i + EVAL_BATCH].to(device))
+        out = model(pixel_values=on_model(images[i : i + EVAL_BATCH], model))
         chunks.append(_logits(out).float().cpu())
     return torch.cat(chunks), time.perf_counter() - t0
 
@@ -72,8 +72,7 @@ def evaluate_classifiers(
     out = {}
     for name, lg in logits.items():
         model = models[name]
-        device = next(model.parameters()).device
-        probe = one.to(device)
+        probe = on_model(one, model)
         pred = lg.argmax(-1)
         correct = pred == y
         counts, conf_sums, correct_sums = metrics.calibration_bins(

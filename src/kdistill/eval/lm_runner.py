@@ -24,6 +24,7 @@ from kdistill.eval import metrics, resources, speed
 from kdistill.eval.bits import LN2, bits_per_byte, token_byte_counts, window_plan
 from kdistill.eval.text_agreement import prefix_agreement
 from kdistill.models.loading import count_params
+from kdistill.models.placement import device_of, on_model
 from kdistill.models.vocab import tokenizer_fingerprint
 from kdistill.teachers.base import Want
 from kdistill.teachers.model import ModelTeacher
@@ -40,7 +41,7 @@ def _pad_id(model) -> int | None:
 def _generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """Exactly ``new_tokens`` greedy tokens after ``prompt`` ``(1, L)`` (KV cache on)."""
     return model.generate(
-        prompt,
+        on_model(prompt, model),
         do_sample=False,
         min_new_tokens=new_tokens,
         max_new_tokens=new_tokens,
@@ -61,7 +62,7 @@ def score_span(model, tokenizer, text: str, window: int) -> tuple[float, int, in
     """``(bits, bytes, tokens)`` of ``model`` on ``text`` (see :mod:`kdistill.eval.bits`)."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    seq = torch.tensor([_start_id(tokenizer), *ids])
+    seq = on_model(torch.tensor([_start_id(tokenizer), *ids]), model)
     nats = 0.0
     for start, end, first in window_plan(len(ids), window):
         logits = model(input_ids=seq[start:end][None]).logits[0].double()  # exact sums
@@ -79,6 +80,7 @@ def _continuation(model, tokenizer, prompt: str, n_chars: int) -> str:
     """The greedy continuation of ``prompt``, cut to ``n_chars`` characters (``n_chars / 2``
     tokens: enough at >= 2 characters per token; a shorter text compares as ended there)."""
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = on_model(ids, model)
     new = max(8, n_chars // 2)
     out = model.generate(ids, do_sample=False, max_new_tokens=new, pad_token_id=_pad_id(model))
     return _text_of(tokenizer, out[0, ids.shape[1] :])[:n_chars]
@@ -98,8 +100,9 @@ def _quality(models, teacher_name, batches, vocab_size, names) -> dict[str, dict
         for n in names
     }
     teacher = ModelTeacher(models[teacher_name])
+    here = device_of(models[teacher_name])  # the metrics run where the teacher's logits are
     for batch in track(batches, description="evaluating"):
-        flat_labels = batch["shift_labels"].reshape(-1)
+        flat_labels = batch["shift_labels"].reshape(-1).to(here)
         flat_valid = flat_labels != -100
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         logits_by = {}
@@ -107,8 +110,8 @@ def _quality(models, teacher_name, batches, vocab_size, names) -> dict[str, dict
             if name == teacher_name:  # the same teacher forward as training and caching use
                 logits = teacher.signal(inputs, want=Want()).logits
             else:
-                logits = models[name](**inputs).logits
-            logits_by[name] = logits[..., :vocab_size].reshape(-1, vocab_size)
+                logits = models[name](**on_model(inputs, models[name])).logits
+            logits_by[name] = logits[..., :vocab_size].reshape(-1, vocab_size).to(here)
         t_logits = logits_by[teacher_name]
         for name, lg in logits_by.items():
             a = acc[name]
@@ -253,7 +256,10 @@ def evaluate_lms(
             models, teacher_name, dataset, same, own_samples, vocab_size
         ).items():
             results[name].update(r)
-    probes = _probes(models, toks, batches, documents, same)
+    probes = {
+        n: on_model(p, models[n])
+        for n, p in _probes(models, toks, batches, documents, same).items()
+    }
     for name, r in speed_figures(models, probes, speed_budget_s).items():
         results[name].update(r)
     for name, model in models.items():

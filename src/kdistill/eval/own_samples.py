@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from kdistill.eval.metrics import distinct_n, entropy
+from kdistill.models.placement import on_model
 from kdistill.models.sampling import sample_continuations, sampled_batch
 
 INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -70,8 +71,7 @@ def own_sample_figures(
                 seed=seed,
             )
             batch = sampled_batch(p_ids.cpu(), p_mask.cpu(), new.cpu(), eos_ids)
-            device = next(model.parameters()).device
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = on_model(batch, model)
             targets = batch["shift_labels"]
             valid = targets != -100
             n = max(int(valid.sum()), 1)

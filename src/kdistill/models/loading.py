@@ -120,8 +120,11 @@ def load_tokenizer(spec: str):
     return tok
 
 
-def load_causal_lm(spec: str, dtype: str = "float32", *, frozen: bool = False):
-    """Load ``(model, tokenizer)``. ``frozen``: eval mode, no gradients (for teachers)."""
+def load_causal_lm(
+    spec: str, dtype: str = "float32", *, frozen: bool = False, device: str | None = None
+):
+    """Load ``(model, tokenizer)``. ``frozen``: eval mode, no gradients (for teachers);
+    ``device``: a ``device`` setting (``models.placement``) to place it on (None: the CPU)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
@@ -150,6 +153,10 @@ def load_causal_lm(spec: str, dtype: str = "float32", *, frozen: bool = False):
         tok.pad_token = tok.eos_token
     if frozen:
         freeze(model)
+    if device is not None:
+        from kdistill.models.placement import place, resolve_device
+
+        model = place(model, resolve_device(device))
     return model, tok
 
 

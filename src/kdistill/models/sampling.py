@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from kdistill.models.placement import device_of, on_model
+
 IGNORE_INDEX = -100
 SAMPLED = "sampled_by_student"  # batch key: () bool, the micro-batch is prompt + own sample
 
@@ -42,9 +44,7 @@ def sample_continuations(
     from transformers import GenerationConfig
 
     greedy = sampling_temperature <= 0
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = on_model(left_pad(prompts, pad_id), model)
     config = GenerationConfig(
         do_sample=not greedy,
         temperature=sampling_temperature if not greedy else None,
@@ -58,6 +58,7 @@ def sample_continuations(
     )
     was_training = model.training
     model.eval()
+    device = device_of(model)
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):

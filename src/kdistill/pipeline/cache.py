@@ -40,7 +40,7 @@ def _teacher_fn(teacher, vocab: int, temperature: float):
     @torch.no_grad()
     def run(ids: torch.Tensor) -> torch.Tensor:
         logits = source.signal({"input_ids": ids}, want=Want("logits")).logits
-        return torch.log_softmax(logits[..., :vocab].float() / temperature, dim=-1)
+        return torch.log_softmax(logits[..., :vocab].float() / temperature, dim=-1).cpu()
 
     return run
 
@@ -184,7 +184,9 @@ def run_cache(cfg: RunConfig):
             return _fill_from_server(cfg, tok, train_ds)
         if aligned:
             return _fill_from_aligned(cfg, tok, train_ds)
-        teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+        teacher, tok = load_causal_lm(
+            cfg.teacher.model, cfg.teacher.dtype, frozen=True, device=cfg.device
+        )
         manifest = build_manifest(cfg, tok, train_ds, _teacher_record(cfg, teacher))
         fn = _teacher_fn(teacher, len(tok), cfg.cache.cache_temperature)
         return _fill_store(cfg, manifest, train_ds, dense_rows(fn, manifest.method))
@@ -260,7 +262,9 @@ def _fill_from_aligned(cfg: RunConfig, tok, train_ds):
     from kdistill.teachers.aligned import AlignedTeacher
     from kdistill.teachers.base import Want
 
-    teacher, t_tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    teacher, t_tok = load_causal_lm(
+        cfg.teacher.model, cfg.teacher.dtype, frozen=True, device=cfg.device
+    )
     aligned = AlignedTeacher(teacher, t_tok, tok, objective="mapped", vocab_size=len(tok))
     record = {**_teacher_record(cfg, teacher), "kind": "aligned"}
     manifest = build_manifest(cfg, tok, train_ds, record)
@@ -364,7 +368,9 @@ def run_cache_plan(cfg: RunConfig, sample_blocks: int = 4) -> list[dict]:
     check_model_files(cfg.teacher.model, "teacher.model")
     load_records(cfg.data.source, cfg.data.text_field)
 
-    teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    teacher, tok = load_causal_lm(
+        cfg.teacher.model, cfg.teacher.dtype, frozen=True, device=cfg.device
+    )
     train_ds = _train_blocks(cfg, tok)
     blocks = train_ds.examples[:sample_blocks]
     logprobs = _teacher_fn(teacher, len(tok), cfg.cache.cache_temperature)(blocks)

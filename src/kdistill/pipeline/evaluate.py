@@ -29,6 +29,7 @@ def run_eval(
     speed_budget_s: float = 30.0,
     own_samples: dict | None = None,
     quality_only: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Evaluate the teacher and ``specs`` side by side and write ``out``
     (``quality_only``: LMs get the teacher-forced figures alone, no speed or text extras).
@@ -40,6 +41,9 @@ def run_eval(
     """
     if "teacher" in specs:
         raise InputError("--model teacher=... is reserved; name the teacher with --teacher")
+    from kdistill.models.placement import resolve_device
+
+    resolve_device(device)  # a device this machine lacks: one line, before any model
     try:
         setup = build_setup(["teacher", *specs], "teacher", baselines=baselines, roles=roles)
     except SetupError as exc:
@@ -49,7 +53,7 @@ def run_eval(
     kinds = {is_classifier_folder(s) for s in [teacher_spec, *specs.values()]}
     if kinds == {True}:
         return _run_eval_classifiers(
-            teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed, setup
+            teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed, setup, device
         )
     if len(kinds) > 1:
         raise InputError(
@@ -74,6 +78,7 @@ def run_eval(
         speed_budget_s,
         own_samples,
         quality_only,
+        device=device,
     )
 
 
@@ -104,10 +109,12 @@ def _run_eval_classifiers(
     out: Path,
     seed: int,
     setup: EvalSetup,
+    device: str = "auto",
 ) -> dict:
     from kdistill.data.fashion_mnist import CLASSES, ImageDataset, load_split
     from kdistill.eval.classifier_runner import evaluate_classifiers
     from kdistill.models.classifiers import classifier_folder, load_classifier
+    from kdistill.models.placement import place, resolve_device
 
     if data != "fashion-mnist":
         raise InputError(f"--data {data!r}: classifier folders are evaluated on fashion-mnist")
@@ -117,7 +124,7 @@ def _run_eval_classifiers(
     check_available()
     models, dirs = {}, {}
     for name, spec in {"teacher": teacher_spec, **specs}.items():
-        models[name], _ = load_classifier(spec)
+        models[name] = place(load_classifier(spec)[0], resolve_device(device))
         dirs[name] = classifier_folder(spec)
     held = ImageDataset(*load_split("test", limit=max_examples, seed=seed))
     results = evaluate_classifiers(
@@ -143,18 +150,20 @@ def _run_eval_lms(
     speed_budget_s: float = 30.0,
     own_samples: dict | None = None,
     quality_only: bool = False,
+    *,
+    device: str = "auto",
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
     from kdistill.models.loading import load_causal_lm, resolve_model_path
     from kdistill.models.vocab import shared_vocab_size, tokenizer_fingerprint
 
-    teacher, tok = load_causal_lm(teacher_spec, frozen=True)
+    teacher, tok = load_causal_lm(teacher_spec, frozen=True, device=device)
     models, dirs = {"teacher": teacher}, {"teacher": resolve_model_path(teacher_spec)[0]}
     toks = {"teacher": tok}
     t_rows = teacher.get_output_embeddings().weight.shape[0]
     for name, spec in specs.items():
-        models[name], toks[name] = load_causal_lm(spec, frozen=True)
+        models[name], toks[name] = load_causal_lm(spec, frozen=True, device=device)
         dirs[name] = resolve_model_path(spec)[0]
         if tokenizer_fingerprint(toks[name]) == tokenizer_fingerprint(tok):  # else bpb only
             rows = models[name].get_output_embeddings().weight.shape[0]

@@ -95,7 +95,9 @@ def _run_local(cfg: RunConfig, store: GenerationStore, todo, bar, task) -> int:
     from kdistill.models.loading import load_causal_lm
     from kdistill.teachers.local_gen import LocalGenerator
 
-    model, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+    model, tok = load_causal_lm(
+        cfg.teacher.model, cfg.teacher.dtype, frozen=True, device=cfg.device
+    )
     gen = LocalGenerator(model, tok)
     params = _params(cfg.generate)
     size = cfg.generate.batch_size

@@ -9,6 +9,7 @@ import torch
 from kdistill.eval import metrics
 from kdistill.files import atomic_write_bytes, atomic_write_json
 from kdistill.log import say
+from kdistill.models.placement import on_model
 
 DEFAULT_TEMPERATURES = (0.2, 1.0, 2.0, 5.0, 20.0)
 
@@ -16,8 +17,8 @@ DEFAULT_TEMPERATURES = (0.2, 1.0, 2.0, 5.0, 20.0)
 @torch.no_grad()
 def soft_labels(model, tok, prompt: str, temperatures=DEFAULT_TEMPERATURES, top: int = 8):
     """Next-token distribution of ``prompt`` at each temperature: top tokens + entropy."""
-    ids = tok(prompt, return_tensors="pt")
-    logits = model(**ids).logits[0, -1, : len(tok)]
+    ids = on_model(tok(prompt, return_tensors="pt"), model)
+    logits = model(**ids).logits[0, -1, : len(tok)].float().cpu()
     out = []
     for t in temperatures:
         probs = metrics.tempered_probs(logits, t)
@@ -48,7 +49,7 @@ def sampled_sequences(
 ):
     """N sampled continuations, each with its log-prob; shares normalised over distinct ones."""
     torch.manual_seed(seed)
-    ids = tok(prompt, return_tensors="pt")
+    ids = on_model(tok(prompt, return_tensors="pt"), model)
     out = model.generate(
         **ids,
         do_sample=True,
@@ -107,7 +108,14 @@ def plot_soft_labels(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_dir: Path):
+def run_inspect(
+    model_spec: str,
+    prompt: str,
+    temperatures,
+    sequences: int,
+    out_dir: Path,
+    device: str = "auto",
+):
     from rich.table import Table
 
     from kdistill.errors import InputError
@@ -118,7 +126,10 @@ def run_inspect(model_spec: str, prompt: str, temperatures, sequences: int, out_
         raise InputError("--prompt is empty; give the text whose next token to show")
     check_output_folder(out_dir, "--out")
     check_model_files(model_spec, "--model")
-    model, tok = load_causal_lm(model_spec, frozen=True)
+    from kdistill.models.placement import resolve_device
+
+    resolve_device(device)
+    model, tok = load_causal_lm(model_spec, frozen=True, device=device)
     rows = soft_labels(model, tok, prompt, temperatures)
     table = Table(title=f"next-token soft labels for {prompt!r}")
     table.add_column("T", justify="right")

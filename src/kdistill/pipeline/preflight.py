@@ -13,6 +13,7 @@ from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError, ProvenanceError
 from kdistill.files import check_output_folder
 from kdistill.log import say
+from kdistill.models.placement import resolve_device
 
 
 def check_training_extra(extra: dict) -> None:
@@ -77,6 +78,7 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     from kdistill.teachers.kinds import needs_model
 
     check_output_folder(cfg.output_dir, "output_dir")
+    resolve_device(cfg.device)  # a device this machine lacks: one line, before any model
     kind = cfg.teacher.kind
     if cfg.teacher.ensemble:
         raise InputError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from kdistill.models.placement import on_model
 from kdistill.models.sampling import left_pad
 from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 from kdistill.teachers.served import sample_seed
@@ -51,7 +52,9 @@ class LocalGenerator:
         pad = self.tok.pad_token_id
         if pad is None:
             pad = self.tok.eos_token_id
-        ids, mask = left_pad([torch.tensor(p, dtype=torch.long) for p in prompts], pad)
+        ids, mask = on_model(
+            left_pad([torch.tensor(p, dtype=torch.long) for p in prompts], pad), self.model
+        )
         width = ids.shape[1]
         temp = params.get("sampling_temperature", 1.0)
         torch.manual_seed(sample_seed(pairs[0][0].id, pairs[0][1]))
@@ -68,13 +71,13 @@ class LocalGenerator:
         if params.get("stop"):
             kwargs.update(stop_strings=params["stop"], tokenizer=self.tok)
         out = self.model.generate(ids, **kwargs)
-        steps = torch.stack(out.logits, dim=1).float()  # (B, new, V)
+        steps = torch.stack(out.logits, dim=1).float().cpu()  # (B, new, V)
         logp_all = torch.log_softmax(steps, dim=-1)
         eos = self.tok.eos_token_id
         k = params.get("top_logprobs", 0)
         results = []
         for r, p in enumerate(prompts):
-            new = out.sequences[r, width:]
+            new = out.sequences[r, width:].cpu()
             n = len(new)
             if eos is not None:
                 # a row that finished early is padded afterwards: it ends at its first EOS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kdistill.models.placement import on_model
 from kdistill.teachers.base import EXAMPLE_INDEX, TeacherSignal, Want
 
 
@@ -22,7 +23,7 @@ class ModelTeacher:
 
     @torch.no_grad()
     def signal(self, batch, *, want: Want) -> TeacherSignal:
-        inputs = {k: v for k, v in batch.items() if k != EXAMPLE_INDEX}
+        inputs = on_model({k: v for k, v in batch.items() if k != EXAMPLE_INDEX}, self.model)
         if want.form == "hidden":
             out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
             head = self.model.get_output_embeddings()
