@@ -31,7 +31,11 @@ class TeacherSpec(Strict):
         "or a hub id (org/name[@revision], through the Hugging Face cache); "
         "for classifiers an architecture (cnn, mlp) or a trained run's model folder",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = Field(
+        "float32",
+        description="weights dtype; int8: the teacher's linear layers held as weight-only int8 "
+        "(torchao, the compress extra), its head and the soft-label math in fp32",
+    )
     hidden: list[int] = Field(
         default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
     )

@@ -127,8 +127,10 @@ def load_causal_lm(
     ``device``: a ``device`` setting (``models.placement``) to place it on (None: the CPU)."""
     from transformers import AutoModelForCausalLM
 
+    int8 = dtype == "int8"  # a teacher held as weight-only int8: loaded in fp32, then quantized
+    dtype = "float32" if int8 else dtype
     if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, int8, got {dtype!r}")
     folder, gguf = resolve_model_path(spec)
     try:
         if gguf:
@@ -153,6 +155,10 @@ def load_causal_lm(
         tok.pad_token = tok.eos_token
     if frozen:
         freeze(model)
+    if int8:
+        from kdistill.models.quantize import quantize_teacher_int8
+
+        quantize_teacher_int8(model)
     if device is not None:
         from kdistill.models.placement import place, resolve_device
 

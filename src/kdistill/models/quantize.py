@@ -52,6 +52,28 @@ def quantize_int8(model) -> torch.nn.Module:
     return model
 
 
+def quantize_teacher_int8(model) -> torch.nn.Module:
+    """A teacher held in memory as weight-only int8 (torchao): every linear layer but the
+    output head (which the KD loss reads directly, and which a tied model shares with its
+    embedding) becomes int8 with one fp32 scale per row; activations and the soft-label math
+    stay fp32. In place; the model is frozen."""
+    version, config_cls, quantize_ = _torchao()
+    head = model.get_output_embeddings()
+    model.requires_grad_(False)
+
+    def body_linear(module, _fqn) -> bool:
+        return isinstance(module, torch.nn.Linear) and module is not head
+
+    quantize_(model, config_cls(), filter_fn=body_linear)
+    model.config.kdistill_quantization = {"scheme": "int8_weight_only_teacher", "torchao": version}
+    return model
+
+
+def check_torchao() -> None:
+    """One line naming the fix when torchao is missing (before any model is loaded)."""
+    _torchao()
+
+
 def _is_quantized(t) -> bool:
     return hasattr(t, "qdata") and hasattr(t, "scale")
 

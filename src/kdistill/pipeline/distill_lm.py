@@ -47,12 +47,13 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
     cut_from, own_vocab = None, None
     if student_from is not None:
         cut_from = student_from.pop("model", None) or cfg.teacher.model
+    t_dtype = "float32" if cfg.teacher.dtype == "int8" else cfg.teacher.dtype
     if need_teacher or cut_from == cfg.teacher.model:
-        teacher, tok = load_causal_lm(cfg.teacher.model, cfg.teacher.dtype, frozen=True)
+        teacher, tok = load_causal_lm(cfg.teacher.model, t_dtype, frozen=True)
     if student_from is not None:
         source, s_tok = teacher, tok
         if cut_from != cfg.teacher.model:
-            source, s_tok = load_causal_lm(cut_from, cfg.teacher.dtype, frozen=True)
+            source, s_tok = load_causal_lm(cut_from, t_dtype, frozen=True)
         n_calib = student_from.pop("calibration_blocks")
         own_vocab = student_from.pop("tokenizer_vocab", None)
         if calibration is not None and needs_calibration(student_from):
@@ -89,6 +90,10 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
         )
     if not need_teacher:
         teacher = None
+    elif cfg.teacher.dtype == "int8":  # after the student was cut from its fp32 weights
+        from kdistill.models.quantize import quantize_teacher_int8
+
+        quantize_teacher_int8(teacher)
     return teacher, student, tok, vocab, t_tok
 
 

@@ -79,6 +79,10 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
 
     check_output_folder(cfg.output_dir, "output_dir")
     resolve_device(cfg.device)  # a device this machine lacks: one line, before any model
+    if cfg.teacher.dtype == "int8":
+        from kdistill.models.quantize import check_torchao
+
+        check_torchao()
     kind = cfg.teacher.kind
     if cfg.teacher.ensemble:
         raise InputError(
