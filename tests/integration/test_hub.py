@@ -110,3 +110,83 @@ def test_distill_on_a_hub_data_set_offline(hub_cache, tmp_path):
     ]
     assert main(["distill", DEMO, *over]) == 0
     assert (out / "model" / "model.safetensors").is_file()
+
+
+SUBSETS_README = """---
+configs:
+- config_name: plain
+  data_files:
+  - split: train
+    path: plain/train-*.parquet
+  - split: validation
+    path: plain/validation-*.parquet
+- config_name: chat
+  data_files:
+  - split: train
+    path: chat/train-*.parquet
+---
+# a made-up data set with two subsets
+"""
+
+
+def _subsets_snapshot(hub_cache) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import TINY_TEXT
+
+    repo = hub_cache.parent / "datasets--kdistill-test--two-subsets"
+    snap = repo / "snapshots" / COMMIT
+    for sub in ("plain", "chat"):
+        (snap / sub).mkdir(parents=True)
+    (snap / "README.md").write_text(SUBSETS_README)
+    pq.write_table(pa.table({"text": TINY_TEXT}), snap / "plain" / "train-00000.parquet")
+    pq.write_table(
+        pa.table({"text": ["held back one", "held back two"]}),
+        snap / "plain" / "validation-00000.parquet",
+    )
+    chats = [
+        [{"role": "user", "content": t.split()[0]}, {"role": "assistant", "content": t}]
+        for t in TINY_TEXT[:20]
+    ]
+    pq.write_table(pa.table({"messages": chats}), snap / "chat" / "train-00000.parquet")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snap
+
+
+def test_hub_data_set_subsets_and_splits_offline(hub_cache, tmp_path, capsys):
+    from kdistill.cli.main import main
+    from kdistill.data.lm import load_records
+    from kdistill.errors import InputError
+    from tests.conftest import TINY_TEXT
+
+    _subsets_snapshot(hub_cache)
+    ident = "kdistill-test/two-subsets"
+    assert load_records(ident, subset="plain") == TINY_TEXT
+    assert load_records(ident, subset="plain", split="validation") == [
+        "held back one",
+        "held back two",
+    ]
+    chats = load_records(ident, subset="chat")
+    assert len(chats) == 20 and chats[0][1]["role"] == "assistant"
+    with pytest.raises(InputError, match="subset 'nope'"):
+        load_records(ident, subset="nope")
+    with pytest.raises(InputError, match="split 'test'"):
+        load_records(ident, subset="plain", split="test")
+    with pytest.raises(InputError, match="is not one"):
+        load_records("kjv", split="validation")
+    # end to end on the chat subset, through the CLI, under the socket guard
+    out = tmp_path / "run"
+    over = tiny_overrides(REPO_ID, Path("unused"), out, **{"training.max_steps": 1})
+    over = [o for o in over if not o.startswith("data.source=")]
+    over += [f"data.source={ident}", "data.subset=chat", "data.block_size=32"]
+    assert main(["distill", DEMO, *over]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["subset"] == "chat" and saved["data"]["split"] == "train"
+    bad = tmp_path / "bad"
+    over = [o.replace(str(out), str(bad)) for o in over] + ["data.split=test"]
+    capsys.readouterr()
+    assert main(["distill", DEMO, *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split 'test'" in err[0] and not bad.exists()

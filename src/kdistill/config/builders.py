@@ -82,12 +82,18 @@ def student_kwargs(cfg: RunConfig) -> dict | None:
     return None if ft is None else ft.model_dump()
 
 
+def source_kwargs(cfg: RunConfig) -> dict:
+    """Which part of a hub data set (``data.subset``, ``data.split``)."""
+    return {"subset": cfg.data.subset, "split": cfg.data.split}
+
+
 def data_kwargs(cfg: RunConfig) -> dict:
     d = cfg.data
     return {
         "block_size": d.block_size,
         "held_out_fraction": d.held_out_fraction,
         "text_field": d.text_field,
+        **source_kwargs(cfg),
         "max_train_tokens": d.max_train_tokens,
         "max_eval_tokens": d.max_eval_tokens,
         "seed": cfg.seed,

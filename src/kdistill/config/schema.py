@@ -141,6 +141,14 @@ class DataSpec(Strict):
         "(org/name[@revision]: its train files, through the Hugging Face cache)",
     )
     text_field: str = Field("text", description="text column of a JSONL/Parquet source")
+    subset: str | None = Field(
+        None, description="hub data sets: the subset (configuration) name, as datasets names it"
+    )
+    split: str = Field(
+        "train",
+        description="hub data sets: the split read (kdistill then holds out its own "
+        "hash-based share of it for evaluation)",
+    )
     block_size: int = Field(256, ge=8, description="tokens per packed block / max chat length")
     held_out_fraction: float = Field(0.05, gt=0, lt=1, description="share of records held out")
     max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")

@@ -1,11 +1,12 @@
 """Data sets named by Hugging Face hub id (``data.source: org/name`` or ``org/name@revision``).
 
-The repository's data files (``.parquet``, ``.jsonl``, ``.txt``) are fetched through
-``huggingface_hub`` into its cache (``HF_HUB_CACHE`` / ``HF_HOME``; ``HF_TOKEN`` for gated
-sets; ``HF_HUB_OFFLINE=1`` reads the cache only) and read by kdistill's own loaders: the
-files of the ``train`` split (a path with ``train`` in it), or every data file when none is
-named so. kdistill then holds out its own hash-based share of those records, as for a local
-file. Not yet: subsets by name, other splits, streaming.
+The repository's data files and its README (whose ``configs:`` name the subsets) are
+fetched through ``huggingface_hub`` into its cache (``HF_HUB_CACHE`` / ``HF_HOME``;
+``HF_TOKEN`` for gated sets; ``HF_HUB_OFFLINE=1`` reads the cache only); ``datasets`` then
+reads that snapshot folder with the hub's own conventions: the subset (``data.subset``, a
+configuration name) and the split (``data.split``, default ``train``). Rows become kdistill
+records (a ``text_field`` column, ``messages``, or generations) and kdistill holds out its
+own hash-based share of them, as for a local file. Not yet: streaming.
 """
 
 from __future__ import annotations
@@ -17,29 +18,40 @@ from kdistill.errors import InputError
 from kdistill.hub_cache import snapshot, why_missing
 
 _ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-DATA_SUFFIXES = (".parquet", ".jsonl", ".txt")
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".txt")
 
 
 def looks_like_dataset_id(source: str) -> bool:
-    return bool(_ID.match(source)) and not source.endswith((*DATA_SUFFIXES, ".json"))
+    return bool(_ID.match(source)) and not source.endswith(DATA_SUFFIXES)
 
 
-def dataset_files(source: str) -> list[Path]:
-    """The local data files of hub data set ``source``, train split first (sorted)."""
+def dataset_folder(source: str) -> Path:
+    """The local snapshot folder of hub data set ``source`` (data files and README only)."""
+    patterns = [f"*{s}" for s in DATA_SUFFIXES] + ["README.md"]
     try:
-        folder = snapshot(
-            source, repo_type="dataset", allow_patterns=[f"*{s}" for s in DATA_SUFFIXES]
-        )
+        return snapshot(source, repo_type="dataset", allow_patterns=patterns)
     except Exception as exc:  # not cached, not found, gated, network
         raise InputError(
             f"data source {source!r} not found: a hub data set {why_missing(exc)}; give "
             "'kjv', a .txt/.jsonl/.parquet file, or a hub data set id downloaded once with "
             "network access"
         ) from exc
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
-    train = [p for p in files if "train" in p.relative_to(folder).as_posix().lower()]
-    if not (train or files):
+
+
+def dataset_rows(source: str, *, subset: str | None = None, split: str = "train") -> list[dict]:
+    """The rows of one split (of one subset) of hub data set ``source``, read by ``datasets``
+    from the cached snapshot."""
+    import datasets
+
+    folder = dataset_folder(source)
+    try:
+        ds = datasets.load_dataset(str(folder), name=subset, split=split)
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise InputError(
-            f"data source {source!r}: the hub snapshot {folder} has no .parquet/.jsonl/.txt file"
-        )
-    return train or files
+            f"data source {source!r} (subset {subset!r}, split {split!r}): {first}; set "
+            "data.subset / data.split to ones the data set has"
+        ) from exc
+    if len(ds) == 0:
+        raise InputError(f"data source {source!r}: split {split!r} has no rows")
+    return list(ds)

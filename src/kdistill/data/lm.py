@@ -147,29 +147,40 @@ def table_rows(path: Path) -> list[dict]:
     return rows
 
 
-def load_records(source: str, text_field: str = "text") -> list[str | list[dict] | dict]:
+def load_records(
+    source: str, text_field: str = "text", *, subset: str | None = None, split: str = "train"
+) -> list[str | list[dict] | dict]:
     """Documents (str), chat conversations (list of {role, content}), or generation records
     (dict: ``messages`` or ``prompt`` + ``completion``, maybe with the teacher's logprobs).
 
     Every malformed input is one :class:`InputError` naming the file, the record and the fix,
     so pipelines call this before any model loads."""
+    if subset is not None or split != "train":
+        from kdistill.data.hub import looks_like_dataset_id
+
+        if Path(source).expanduser().exists() or not looks_like_dataset_id(source):
+            raise InputError(
+                f"data.subset / data.split choose a part of a hub data set; {source!r} is not "
+                "one (unset them, or give a hub data set id)"
+            )
     if source == "kjv":
         from kdistill.data.kjv import kjv_chapters
 
         return kjv_chapters()
     path = Path(source).expanduser()
     if not path.exists():
-        from kdistill.data.hub import dataset_files, looks_like_dataset_id
+        from kdistill.data.hub import looks_like_dataset_id
 
         if looks_like_dataset_id(source):  # a Hugging Face hub data set
-            records: list = []
-            for f in dataset_files(source):
-                records.extend(load_records(str(f), text_field))
-            return records
+            from kdistill.data.hub import dataset_rows
+
+            rows = dataset_rows(source, subset=subset, split=split)
+            return _records_from_rows(f"{source} ({split})", rows, text_field)
         raise MissingFileError(
             f"data source {source!r} not found: give 'kjv', a .txt/.jsonl/.parquet file or a "
             "hub data set id (org/name[@revision])"
         )
+
     if path.suffix not in (".txt", ".jsonl", ".json", ".parquet"):
         raise InputError(
             f"data source {path.name}: unsupported suffix; use .txt, .jsonl or .parquet"
@@ -316,10 +327,12 @@ def build_lm_datasets(
     max_train_tokens: int | None = None,
     max_eval_tokens: int | None = None,
     seed: int = 0,
+    subset: str | None = None,
+    split: str = "train",
 ):
     """(train, held-out) datasets. (A recorded teacher's examples are read from its store:
     :func:`kdistill.teachers.recorded_store.recorded_datasets`.)"""
-    records = load_records(source, text_field)
+    records = load_records(source, text_field, subset=subset, split=split)
     train, held = split_held_out(records, held_out_fraction, seed)
     if isinstance(records[0], dict):
         return generation_datasets(tokenizer, train, held, block_size)
@@ -345,20 +358,34 @@ def record_text(record) -> str:
 
 
 def training_texts(
-    source: str, *, held_out_fraction: float, seed: int = 0, text_field: str = "text"
+    source: str,
+    *,
+    held_out_fraction: float,
+    seed: int = 0,
+    text_field: str = "text",
+    subset: str | None = None,
+    split: str = "train",
 ) -> list[str]:
     """The training records (the same split as training; never a held-out one) as text:
     what a student's own tokenizer is trained on."""
-    train, _ = split_held_out(load_records(source, text_field), held_out_fraction, seed)
+    records = load_records(source, text_field, subset=subset, split=split)
+    train, _ = split_held_out(records, held_out_fraction, seed)
     return [t for t in (record_text(r) for r in train) if t.strip()]
 
 
 def training_chats(
-    source: str, *, held_out_fraction: float, seed: int = 0, text_field: str = "text"
+    source: str,
+    *,
+    held_out_fraction: float,
+    seed: int = 0,
+    text_field: str = "text",
+    subset: str | None = None,
+    split: str = "train",
 ) -> list[list[dict]] | None:
     """Each training example's messages, in the training set's order, when the data are
     chats (or generations with messages); None for plain text."""
-    train, _ = split_held_out(load_records(source, text_field), held_out_fraction, seed)
+    records = load_records(source, text_field, subset=subset, split=split)
+    train, _ = split_held_out(records, held_out_fraction, seed)
     if isinstance(train[0], list):
         return train
     if isinstance(train[0], dict) and all("messages" in r for r in train):
@@ -373,11 +400,14 @@ def held_out_texts(
     seed: int = 0,
     text_field: str = "text",
     max_chars: int | None = None,
+    subset: str | None = None,
+    split: str = "train",
 ) -> list[str]:
     """The held-out records (the same split as training) as text, in order, until
     ``max_chars`` characters (the last one cut at a character boundary): the spans every
     model scores for bits per byte, whatever its tokenizer."""
-    _, held = split_held_out(load_records(source, text_field), held_out_fraction, seed)
+    records = load_records(source, text_field, subset=subset, split=split)
+    _, held = split_held_out(records, held_out_fraction, seed)
     out, total = [], 0
     for rec in held:
         text = record_text(rec)

@@ -45,9 +45,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def device_of(model) -> torch.device:
-    """The device of a model's first parameter (or buffer); the CPU for one with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
+    """The device of a model's first parameter (or buffer); the CPU for one with neither
+    (or for any callable that is not a module)."""
+    params, buffers = getattr(model, "parameters", None), getattr(model, "buffers", None)
+    if callable(params):
+        for tensor in params():
+            return tensor.device
+    if callable(buffers):
+        for tensor in buffers():
+            return tensor.device
     return torch.device("cpu")
 
 

@@ -366,7 +366,7 @@ def run_cache_plan(cfg: RunConfig, sample_blocks: int = 4) -> list[dict]:
     from kdistill.models.loading import check_model_files, load_causal_lm
 
     check_model_files(cfg.teacher.model, "teacher.model")
-    load_records(cfg.data.source, cfg.data.text_field)
+    load_records(cfg.data.source, cfg.data.text_field, **builders.source_kwargs(cfg))
 
     teacher, tok = load_causal_lm(
         cfg.teacher.model, cfg.teacher.dtype, frozen=True, device=cfg.device

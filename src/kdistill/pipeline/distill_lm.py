@@ -104,7 +104,11 @@ def _own_tokenizer(cfg: RunConfig, student, source_tok, vocab_size: int):
 
     d = cfg.data
     texts = training_texts(
-        d.source, held_out_fraction=d.held_out_fraction, seed=cfg.seed, text_field=d.text_field
+        d.source,
+        held_out_fraction=d.held_out_fraction,
+        seed=cfg.seed,
+        text_field=d.text_field,
+        **builders.source_kwargs(cfg),
     )
     new_tok = train_tokenizer(texts, vocab_size, like=source_tok)
     info = revocab(student, source_tok, new_tok)
@@ -132,7 +136,11 @@ def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int, t_tok=None):
     if cfg.teacher.kind == "aligned":  # chats: each model renders its own template
         d = cfg.data
         chats = training_chats(
-            d.source, held_out_fraction=d.held_out_fraction, seed=cfg.seed, text_field=d.text_field
+            d.source,
+            held_out_fraction=d.held_out_fraction,
+            seed=cfg.seed,
+            text_field=d.text_field,
+            **builders.source_kwargs(cfg),
         )
     teacher = build_teacher(
         cfg.teacher.kind,

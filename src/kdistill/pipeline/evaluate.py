@@ -30,6 +30,7 @@ def run_eval(
     own_samples: dict | None = None,
     quality_only: bool = False,
     device: str = "auto",
+    source_parts: dict | None = None,
 ) -> dict:
     """Evaluate the teacher and ``specs`` side by side and write ``out``
     (``quality_only``: LMs get the teacher-forced figures alone, no speed or text extras).
@@ -37,8 +38,10 @@ def run_eval(
     Causal LMs (bundled names, .gguf, HF folders) on held-out text; trained classifier
     folders (``classifier.json``) on the Fashion-MNIST test split (``--data fashion-mnist``).
     ``baselines``: student -> the baseline it is compared with; ``roles``: name -> role;
-    ``own_samples``: settings of the metrics on each LM's own samples (None: skipped).
+    ``own_samples``: settings of the metrics on each LM's own samples (None: skipped);
+    ``source_parts``: ``{subset, split}`` of a hub data set (``data.subset`` / ``data.split``).
     """
+    parts = source_parts or {}
     if "teacher" in specs:
         raise InputError("--model teacher=... is reserved; name the teacher with --teacher")
     from kdistill.models.placement import resolve_device
@@ -65,7 +68,7 @@ def run_eval(
             "--data fashion-mnist needs classifier folders (with classifier.json) for "
             "--teacher and --model, e.g. --teacher runs/fmnist_teacher"
         )
-    _check_lm_inputs(teacher_spec, specs, data or "kjv", out)
+    _check_lm_inputs(teacher_spec, specs, data or "kjv", out, parts)
     return _run_eval_lms(
         teacher_spec,
         specs,
@@ -79,6 +82,7 @@ def run_eval(
         own_samples,
         quality_only,
         device=device,
+        parts=parts,
     )
 
 
@@ -90,7 +94,9 @@ def check_results_path(out: Path) -> None:
     check_output_folder(out.parent if str(out.parent) else ".", "--out folder")
 
 
-def _check_lm_inputs(teacher_spec: str, specs: dict[str, str], data: str, out: Path) -> None:
+def _check_lm_inputs(
+    teacher_spec: str, specs: dict[str, str], data: str, out: Path, parts: dict
+) -> None:
     from kdistill.data.lm import load_records
     from kdistill.models.loading import check_model_files
 
@@ -98,7 +104,7 @@ def _check_lm_inputs(teacher_spec: str, specs: dict[str, str], data: str, out: P
     check_model_files(teacher_spec, "--teacher")
     for name, spec in specs.items():
         check_model_files(spec, f"--model {name}")
-    load_records(data)
+    load_records(data, **parts)
 
 
 def _run_eval_classifiers(
@@ -152,6 +158,7 @@ def _run_eval_lms(
     quality_only: bool = False,
     *,
     device: str = "auto",
+    parts: dict | None = None,
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
@@ -175,6 +182,7 @@ def _run_eval_lms(
         held_out_fraction=held_out_fraction,
         max_eval_tokens=max_eval_tokens,
         max_train_tokens=block_size,
+        **(parts or {}),
     )
     results = evaluate_lms(
         models,
@@ -183,7 +191,11 @@ def _run_eval_lms(
         CausalCollator(tok.pad_token_id),
         vocab_size=len(tok),
         model_dirs=dirs,
-        **({} if quality_only else text_inputs(data, held_out_fraction, max_eval_tokens)),
+        **(
+            {}
+            if quality_only
+            else text_inputs(data, held_out_fraction, max_eval_tokens, parts=parts)
+        ),
         tokenizers=toks,
         window=block_size,
         speed_budget_s=speed_budget_s,
@@ -201,7 +213,9 @@ def _run_eval_lms(
     return results
 
 
-def text_inputs(data: str, held_out_fraction: float, max_eval_tokens: int, seed: int = 0) -> dict:
+def text_inputs(
+    data: str, held_out_fraction: float, max_eval_tokens: int, seed: int = 0, parts=None
+) -> dict:
     """Held-out text for bits per byte (about 4 characters per evaluation token, at most
     8,000 characters) and three prompts (the documents' first 160 characters, or half of a
     shorter one) for agreement on text."""
@@ -212,6 +226,7 @@ def text_inputs(data: str, held_out_fraction: float, max_eval_tokens: int, seed:
         held_out_fraction=held_out_fraction,
         seed=seed,
         max_chars=min(8000, 4 * (max_eval_tokens or 2000)),
+        **(parts or {}),
     )
     prompts = [d[: min(160, len(d) // 2)] for d in docs if len(d) >= 32][:3]
     return {"documents": docs, "prompts": prompts}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from kdistill.config import builders
 from kdistill.config.schema import RunConfig
 from kdistill.errors import InputError, ProvenanceError
 from kdistill.files import check_output_folder
@@ -135,7 +136,7 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     if kind == "recorded":  # read one line at a time: a recorded set may not fit in memory
         check_recorded_source(cfg.data.source)
     else:
-        load_records(cfg.data.source, cfg.data.text_field)
+        load_records(cfg.data.source, cfg.data.text_field, **builders.source_kwargs(cfg))
     if kind == "store":
         from kdistill.cache import StoreReader
 

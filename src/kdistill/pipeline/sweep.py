@@ -112,6 +112,7 @@ def run_cell(base: Path, cell: Cell, cell_dir: Path, threads: int | None) -> dic
         run_dir = run_distill_classifier(cfg)
         results = json.loads((run_dir / "results.json").read_text())
     else:
+        from kdistill.config import builders
         from kdistill.pipeline.distill_lm import run_distill_lm
         from kdistill.pipeline.evaluate import run_eval
 
@@ -127,6 +128,7 @@ def run_cell(base: Path, cell: Cell, cell_dir: Path, threads: int | None) -> dic
             cell_dir / "eval.json",
             seed=cfg.seed,
             quality_only=True,
+            source_parts=builders.source_kwargs(cfg),
         )
     me = next(r for r in ("student", "baseline", "teacher") if r in results)
     out = {"cell": _numbers(results[me])}
