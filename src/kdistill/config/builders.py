@@ -128,5 +128,7 @@ def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
         # Accelerate only sets up multi-process CPU runs (torchrun, gloo) with use_cpu=True
         "use_cpu": cfg.device == "cpu" or not _has_accelerator(),
     }
+    if t.fsdp.enabled:  # sharded outside Accelerate: transformers keeps the weights only
+        kwargs["save_only_model"] = True
     kwargs.update(t.extra)
     return kwargs

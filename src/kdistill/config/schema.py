@@ -321,6 +321,18 @@ class DistillSpec(Strict):
         return self
 
 
+class FsdpSpec(Strict):
+    """FSDP2 over the processes of a torchrun / accelerate launch (transformers' own FSDP2
+    plan for the model: each decoder layer and the whole model ``fully_shard``-ed)."""
+
+    enabled: bool = Field(False, description="shard the student with FSDP2")
+    teacher: Literal["replicate", "shard"] = Field(
+        "replicate",
+        description="replicate: a whole teacher in every process | shard: the teacher sharded "
+        "too (each layer gathered for its forward)",
+    )
+
+
 class TrainingSpec(Strict):
     max_steps: int = Field(200, ge=1, description="optimizer steps")
     per_device_batch_size: int = Field(8, ge=1, description="sequences per device per micro-batch")
@@ -343,6 +355,7 @@ class TrainingSpec(Strict):
         description="recompute the student's activations in backward (less memory, more "
         "compute; exact)",
     )
+    fsdp: FsdpSpec = Field(default_factory=lambda: FsdpSpec())
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard]")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
     loss_chunk_size: int | None = Field(

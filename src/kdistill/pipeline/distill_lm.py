@@ -230,6 +230,14 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     collator = CausalCollator(tok.pad_token_id)
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
+    fsdp = cfg.training.fsdp
+    if fsdp.enabled:  # FSDP2 by transformers' plan for the model, over the run's processes
+        from kdistill.training.sharding import shard_model
+
+        _ = args.device  # the process group exists from here
+        student = shard_model(student)
+        if fsdp.teacher == "shard" and teacher is not None:
+            shard_model(teacher, keep_ends=False)
     preemption = PreemptionCallback()
     op = builders.on_policy_kwargs(cfg)
     trainer = KDTrainer(
@@ -250,6 +258,11 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         **builders.objective_kwargs(cfg),
     )
     last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    if last is not None and fsdp.enabled:
+        raise InputError(
+            f"{last}: an FSDP run keeps its weights but not its optimizer state, so it does "
+            "not resume yet; pass --fresh to start again"
+        )
     if last is not None:
         log.info(f"resuming from {last}")
     run.save_config(cfg)
@@ -259,6 +272,11 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     if preemption.signum is not None:
         raise Preempted(preemption.signum, trainer.state.global_step, str(ckpt_dir))
     elapsed = time.perf_counter() - t0
+    whole = None
+    if fsdp.enabled:  # every rank takes part in gathering the shards; one writes them
+        from kdistill.training.sharding import full_state_dict
+
+        whole = full_state_dict(trainer.model)
     if trainer.is_world_process_zero():
         final = trainer.model
         if cfg.student.lora is not None:  # adapter/ alone, then the merged student as model/
@@ -266,7 +284,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
 
             lora_share = trainable_share(final)
             final = save_adapter_and_merge(final, run_dir / "adapter", DONE)
-        save_final_model(final, tok, run_dir)
+        save_final_model(final, tok, run_dir, state_dict=whole)
         summary = {
             "train_seconds": elapsed,
             "global_step": trainer.state.global_step,
@@ -281,6 +299,8 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             "resumed_from": str(last) if last else None,
             "changed_on_resume": {k: list(v) for k, v in run.changed.items()},
         }
+        if fsdp.enabled:
+            summary["fsdp"] = fsdp.model_dump()
         if cfg.student.lora is not None:
             summary["lora"] = {**cfg.student.lora.model_dump(), **lora_share}
         atomic_write_json(run_dir / "train_summary.json", summary)

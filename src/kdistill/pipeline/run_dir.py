@@ -149,12 +149,13 @@ def open_run(cfg: RunConfig, *, fresh: bool = False) -> RunFolder:
     return run
 
 
-def save_final_model(model, tokenizer, run_dir: Path) -> Path:
-    """Write ``run_dir/model`` atomically: a temp folder renamed into place when complete."""
+def save_final_model(model, tokenizer, run_dir: Path, state_dict: dict | None = None) -> Path:
+    """Write ``run_dir/model`` atomically: a temp folder renamed into place when complete
+    (``state_dict``: the whole weights of a sharded model, gathered beforehand)."""
     from kdistill.models.storage import write_folder_atomically
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         pruning = getattr(model, "kdistill_pruning", None)
         if pruning is not None:  # kept indices and importance scores of a pruned student
             (tmp / "pruning.json").write_text(json.dumps(pruning))

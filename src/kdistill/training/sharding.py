@@ -64,3 +64,57 @@ def _zero3_gather(params: list):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def shard_model(model: torch.nn.Module, *, keep_ends: bool = True) -> torch.nn.Module:
+    """``model`` sharded with FSDP2 (torch's ``fully_shard``) over every process of the run:
+    each decoder layer its own group (gathered for its forward, freed after), the embedding,
+    final norm and output head one group (a tied embedding and head share one weight, which
+    FSDP2 needs in a single group), then the root. ``keep_ends``: that last group stays whole
+    after the forward (one all-gather per step; the student's loss reads the head next), else
+    it is freed too (a teacher: the loss then gathers the head through ``full_params``).
+    Marked the way transformers marks a model
+    it distributed itself, so the Trainer adds no DDP wrapper and leaves placement and
+    gradient reduction to FSDP. A single process is left as it is."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world < 2:
+        return model
+    device = torch._C._get_accelerator().type
+    mesh = init_device_mesh(device, (world,), mesh_dim_names=("fsdp",))
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    inner = getattr(model, "model", None)
+    ends = [getattr(inner, "embed_tokens", None), getattr(inner, "norm", None)]
+    ends.append(model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None)
+    ends = [
+        m for m in dict.fromkeys(ends) if m is not None and next(m.parameters(), None) is not None
+    ]
+    if ends:
+        fully_shard(ends, mesh=mesh, reshard_after_forward=not keep_ends)
+    fully_shard(model, mesh=mesh)
+    model._is_distributed_loading_by_transformers = True
+    return model
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers causal LM (``model.model.layers``), or []."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """The whole model's weights on every process (an all-gather of each sharded parameter);
+    call it on all ranks, save on one."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    whole = get_model_state_dict(model, options=opts)
+    # a tied head is the embedding: saved once, as an unsharded model saves it
+    for key, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if key in whole and source in whole:
+            del whole[key]
+    return whole

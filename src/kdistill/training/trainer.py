@@ -144,6 +144,17 @@ class KDTrainer(Trainer):
             out.append(batch)
         return out, self._get_num_items_in_batch(out, device)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # a student sharded with FSDP2 by kdistill: every rank gathers, one writes
+        if getattr(self.model, "_is_distributed_loading_by_transformers", False):
+            from kdistill.training.sharding import full_state_dict
+
+            whole = full_state_dict(self.model)
+            if self.args.should_save:
+                self._save(output_dir or self.args.output_dir, state_dict=whole)
+            return
+        super().save_model(output_dir, _internal_call)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         # a ZeRO-3 head stays gathered for the whole step: the chunked loss reads it outside
         # the module's forward, and its gradient must arrive while it is whole
