@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from kdistill.cli.main import main
@@ -429,3 +430,24 @@ def test_student_cut_from_a_model_named_on_its_own(tiny_teacher_dir, tiny_text_f
     )
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2 and cfg["kdistill_teacher_layers"] == [0, 3]
+
+
+def test_a_run_saved_before_newer_settings_existed_still_resumes(
+    tiny_teacher_dir, tiny_text_file, tmp_path, capsys
+):
+    """A config.yaml written by an older kdistill lacks the settings added since (device,
+    data.subset/split, training.fsdp): their defaults are no change."""
+    out = tmp_path / "x"
+    demo = str(REPO / "src/kdistill/configs/demo.yaml")
+    over = tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **{"training.max_steps": 1})
+    assert main(["distill", demo, *over]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for section, key in [(None, "device"), ("data", "subset"), ("data", "split")]:
+        (saved if section is None else saved[section]).pop(key)
+    saved["training"].pop("fsdp")
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert main(["distill", demo, *over]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert main(["distill", demo, *over, "training.fsdp.teacher=shard"]) == 2  # a real change
+    assert "training.fsdp.teacher='replicate', not 'shard'" in capsys.readouterr().err

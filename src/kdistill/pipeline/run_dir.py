@@ -125,6 +125,10 @@ def check_run_config(cfg: RunConfig, *, fresh: bool) -> dict:
     if not isinstance(previous, dict):
         raise ConfigError(f"{saved} is unreadable; pass --fresh to start the run over")
     previous = migrate_old_keys(previous)  # a run folder from before the teacher section
+    try:  # settings added since that run was made read as their defaults, not as changes
+        previous = type(cfg).model_validate(previous).model_dump(mode="json")
+    except ValueError:  # compared as saved: the differences name themselves
+        pass
     changes = config_changes(previous, cfg.model_dump(mode="json"))
     fixed = [k for k in changes if k not in CHANGEABLE_ON_RESUME]
     if fixed:
