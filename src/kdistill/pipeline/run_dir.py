@@ -9,6 +9,7 @@ models and data, then calls :meth:`RunFolder.save_config` and trains.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +126,10 @@ def check_run_config(cfg: RunConfig, *, fresh: bool) -> dict:
     if not isinstance(previous, dict):
         raise ConfigError(f"{saved} is unreadable; pass --fresh to start the run over")
     previous = migrate_old_keys(previous)  # a run folder from before the teacher section
-    try:  # settings added since that run was made read as their defaults, not as changes
+    # settings added since that run was made read as their defaults, not as changes (a
+    # config the schema refuses is compared as saved: the differences name themselves)
+    with contextlib.suppress(ValueError):
         previous = type(cfg).model_validate(previous).model_dump(mode="json")
-    except ValueError:  # compared as saved: the differences name themselves
-        pass
     changes = config_changes(previous, cfg.model_dump(mode="json"))
     fixed = [k for k in changes if k not in CHANGEABLE_ON_RESUME]
     if fixed:
