@@ -46,7 +46,9 @@ def main() -> None:
     a = ap.parse_args()
     fp32, tok = load_causal_lm("smollm2-135m", frozen=True)
     int8, _ = load_causal_lm("smollm2-135m", "int8", frozen=True)
-    _, held = build_lm_datasets(tok, "kjv", block_size=256, max_eval_tokens=256 * a.blocks)
+    _, held = build_lm_datasets(
+        tok, "kjv", block_size=256, held_out_fraction=0.05, max_eval_tokens=256 * a.blocks
+    )
     batch = CausalCollator(tok.pad_token_id)([held[i] for i in range(min(a.blocks, len(held)))])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     valid = batch["shift_labels"] != -100
