@@ -140,6 +140,22 @@ def sweep(
 
 
 @app.command()
+def chain(
+    spec: Annotated[Path, typer.Argument(help="chain spec YAML (a `chain:` section)")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="overrides of the spec, e.g. output_dir=runs/chain2"),
+    ] = None,
+    fresh: FreshOpt = False,
+):
+    """Teacher -> assistant(s) -> student: each stage of SPEC distils from the one before it
+    (resumable per stage), then all are evaluated beside the teacher and reported."""
+    from kdistill.pipeline.chain import run_chain
+
+    run_chain(spec, overrides or [], fresh=fresh)
+
+
+@app.command()
 def inspect(
     prompt: Annotated[str, typer.Option(help="text whose next token the teacher predicts")] = (
         "I am hungry, I want to eat"

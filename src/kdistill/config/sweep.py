@@ -111,14 +111,19 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         unknown = [k for k in arm.skip_grid if k not in spec.grid]
         if unknown:
             raise ConfigError(f"sweep.arms.{name}.skip_grid: {unknown} not in sweep.grid")
-    base = Path(spec.config).expanduser()
+    return spec, resolve_base_config(spec.config, path, "sweep.config")
+
+
+def resolve_base_config(config: str, spec_path: Path, key: str) -> Path:
+    """A spec's base run config: a path (relative to the spec's folder) or a shipped name."""
+    base = Path(config).expanduser()
     if not base.is_absolute():
-        base = path.parent / base
+        base = spec_path.parent / base
         if not base.is_file():  # a shipped config name
             from importlib import resources
 
-            shipped = Path(str(resources.files("kdistill") / "configs" / spec.config))
+            shipped = Path(str(resources.files("kdistill") / "configs" / config))
             base = shipped if shipped.is_file() else base
     if not base.is_file():
-        raise ConfigError(f"sweep.config {spec.config!r} not found next to {path} or shipped")
-    return spec, base
+        raise ConfigError(f"{key} {config!r} not found next to {spec_path} or shipped")
+    return base
