@@ -103,3 +103,21 @@ def test_chain_spec_errors_are_one_line_before_any_stage_runs(
         err = capsys.readouterr().err.strip()
         assert words in err and err.count("\n") == 0, err
         assert not (tmp_path / "chain").exists()
+
+
+def test_the_shipped_ta_chain_spec_validates_every_stage():
+    from kdistill.config.chain import load_chain
+    from kdistill.pipeline.chain import stage_configs
+
+    repo = Path(__file__).resolve().parents[2]
+    spec, base = load_chain(repo / "reproductions/ta_chain/chain.yaml", ["seed=1"])
+    cfgs = stage_configs(spec, base)
+    names = [s.name for s in spec.stages]
+    assert names == ["assistant", "student", "direct", "baseline"]
+    by = dict(zip(names, cfgs, strict=True))
+    assert by["student"].teacher.model.endswith("assistant/model")
+    assert by["direct"].teacher.model == by["assistant"].teacher.model == "smollm2-135m"
+    assert by["student"].student.from_teacher.layers == by["direct"].student.from_teacher.layers
+    steps = by["assistant"].training.max_steps + by["student"].training.max_steps
+    assert steps == by["direct"].training.max_steps  # equal student-update tokens
+    assert {c.seed for c in cfgs} == {1}

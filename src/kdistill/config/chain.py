@@ -51,6 +51,7 @@ class ChainSpec(Strict):
     config: str = Field(description="the base run config (a path; relative to the chain file)")
     output_dir: str = Field("runs/chain", description="one folder per stage, then eval/")
     stages: list[StageSpec] = Field(min_length=1, description="run in order")
+    seed: int | None = Field(None, description="every stage's seed (default: the base config's)")
     eval: ChainEval = Field(default_factory=ChainEval)
 
     def teacher_of(self, i: int) -> str:

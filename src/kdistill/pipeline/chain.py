@@ -28,6 +28,8 @@ def stage_configs(spec: ChainSpec, base: Path) -> list:
     for i, stage in enumerate(spec.stages):
         over = [f"{k}={json.dumps(v)}" for k, v in stage.overrides.items()]
         over.append(f"output_dir={out / stage.name}")
+        if spec.seed is not None:
+            over.append(f"seed={spec.seed}")
         teacher = spec.teacher_of(i)
         if teacher != BASE:
             over.append(f"teacher.model={out / teacher / 'model'}")
@@ -76,7 +78,7 @@ def run_chain(spec_path: str | Path, overrides: list[str] | None = None, *, fres
     for i, (stage, cfg) in enumerate(zip(spec.stages, configs, strict=True)):
         say(f"chain stage {i + 1}/{len(configs)}: {stage.name} (taught by {spec.teacher_of(i)})")
         run_distill_lm(cfg, fresh=fresh)
-    first = load_config(base, [])
+    first = load_config(base, [] if spec.seed is None else [f"seed={spec.seed}"])
     d = first.data
     results_path = out / "eval" / "results.json"
     stage_dirs = [out / s.name for s in spec.stages]
