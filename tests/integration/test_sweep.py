@@ -149,3 +149,33 @@ def test_a_failing_cell_is_recorded_the_others_run_and_a_rerun_retries_it(
     assert calls == failed  # only the failed cell ran again
     again = json.loads((tmp_path / "sweep" / "cells" / failed[0] / "cell.json").read_text())
     assert "failed" not in again and again["metrics"]["cell"]["perplexity"] == 11.0
+
+
+def test_a_signal_stops_the_whole_sweep_not_just_one_cell(
+    tiny_teacher_dir, tiny_text_file, tmp_path, monkeypatch
+):
+    """SIGTERM (a preempted job) during a cell: the cell keeps its checkpoint and the sweep
+    stops there with 128 + the signal, no cell recorded as failed; the re-run continues."""
+    import signal
+
+    from kdistill.errors import Preempted
+    from kdistill.pipeline import sweep as sweep_mod
+
+    spec = _spec(tmp_path, tiny_teacher_dir, tiny_text_file)
+    calls, state = [], {"signalled": False}
+
+    def fake(base, cell, cell_dir, threads):
+        calls.append(cell.name)
+        if len(calls) == 2 and not state["signalled"]:
+            state["signalled"] = True
+            raise Preempted(signal.SIGTERM, 3, str(cell_dir / "run" / "checkpoints"))
+        return {"cell": {"perplexity": 10.0 + cell.seed}, "teacher": {"perplexity": 5.0}}
+
+    monkeypatch.setattr(sweep_mod, "run_cell", fake)
+    assert main(["sweep", str(spec)]) == 128 + signal.SIGTERM
+    assert len(calls) == 2  # nothing ran after the signal
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("cells/*/cell.json")]
+    assert len(records) == 1 and not any(r.get("failed") for r in records)
+    calls.clear()
+    assert main(["sweep", str(spec)]) == 0
+    assert len(calls) == 5  # the interrupted cell and the rest

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config.sweep import SweepSpec, load_sweep
-from kdistill.errors import InputError, KdistillError
+from kdistill.errors import InputError, KdistillError, Preempted
 from kdistill.files import atomic_write_json
 from kdistill.log import say
 
@@ -239,8 +239,8 @@ def _run_cells(spec, base, base_sha, out, todo, threads, records) -> list[str]:
         cell_dir.mkdir(parents=True, exist_ok=True)
         try:
             return _one(base, cell, cell_dir, threads, base_sha, spec.workers > 1)
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, Preempted):
+            raise  # a signal stops the sweep (the cell's checkpoint is kept), not one cell
         except Exception as exc:  # recorded; the other cells still run
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             # the same file a finished cell writes, marked failed: the next success replaces
