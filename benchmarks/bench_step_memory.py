@@ -3,8 +3,8 @@ kdistill's KDTrainer (chunked loss) against TRL's GKDTrainer at the same setting
 and without gradient checkpointing.
 
 Same models for every contestant: the bundled SmolLM2-135M teacher (fp32) and a student cut
-from it (every other layer, 15 of 30: 91.6 M parameters); one conversation per step whose
-assistant reply is ~2,040 tokens of KJV text (the loss on the reply's tokens only, as TRL's
+from it (every other layer and the last, 16 of 30: 85.0 M parameters); one conversation per
+step whose assistant reply is ~2,040 tokens of KJV text (the loss on the reply's tokens only, as TRL's
 ChatML collator masks the prompt); forward KL at T = 1 (kdistill soft_weight 1 / hard 0;
 TRL's generalized JSD with beta = 0 is KL(teacher || student)); TRL with lmbda = 0 (no
 on-policy generation), AdamW, batch 1, fp32, CPU.
@@ -48,14 +48,16 @@ def _conversation(tok, tokens: int) -> list[dict]:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) > tokens:
             break
-    reply_budget = tokens - len(
-        tok.apply_chat_template(
-            [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ""}],
-            tokenize=True,
-        )
-    )
+    empty = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ""}]
+    reply_budget = tokens - _chat_tokens(tok, empty)
     reply = tok.decode(ids[: max(reply_budget - 8, 16)])
     return [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": reply}]
+
+
+def _chat_tokens(tok, chat: list[dict]) -> int:
+    """Tokens of ``chat`` rendered by the tokenizer's template."""
+    ids = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    return len(ids)
 
 
 class _PeakProbe:
@@ -190,7 +192,7 @@ def _run_trl(teacher, student, tok, chat, tokens, ckpt, probe, tmp) -> int:
         callbacks=[probe.callback],
     )
     trainer.train()
-    return len(tok.apply_chat_template(chat, tokenize=True))
+    return min(_chat_tokens(tok, chat), tokens)  # the ChatML collator cuts at max_length
 
 
 def main() -> None:
