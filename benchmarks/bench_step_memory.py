@@ -4,8 +4,8 @@ and without gradient checkpointing.
 
 Same models for every contestant: the bundled SmolLM2-135M teacher (fp32) and a student cut
 from it (every other layer and the last, 16 of 30: 85.0 M parameters); one conversation per
-step whose assistant reply is ~2,040 tokens of KJV text (the loss on the reply's tokens only, as TRL's
-ChatML collator masks the prompt); forward KL at T = 1 (kdistill soft_weight 1 / hard 0;
+step whose assistant reply is ~2,040 tokens of KJV text (the loss on the reply's tokens
+only, as TRL's ChatML collator masks the prompt); forward KL at T = 1 (kdistill soft_weight 1 / hard 0;
 TRL's generalized JSD with beta = 0 is KL(teacher || student)); TRL with lmbda = 0 (no
 on-policy generation), AdamW, batch 1, fp32, CPU.
 
