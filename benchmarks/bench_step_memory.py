@@ -4,10 +4,10 @@ and without gradient checkpointing.
 
 Same models for every contestant: the bundled SmolLM2-135M teacher (fp32) and a student cut
 from it (every other layer and the last, 16 of 30: 85.0 M parameters); one conversation per
-step whose assistant reply is ~2,040 tokens of KJV text (the loss on the reply's tokens
-only, as TRL's ChatML collator masks the prompt); forward KL at T = 1 (kdistill soft_weight 1 / hard 0;
-TRL's generalized JSD with beta = 0 is KL(teacher || student)); TRL with lmbda = 0 (no
-on-policy generation), AdamW, batch 1, fp32, CPU.
+step whose assistant reply is KJV text filling 2,048 tokens with the chat template (the loss
+on the reply's tokens only, as TRL's ChatML collator masks the prompt); forward KL at T = 1
+(kdistill soft_weight 1 / hard 0; TRL's generalized JSD with beta = 0 is KL(teacher ||
+student)); TRL with lmbda = 0 (no on-policy generation), AdamW, batch 1, fp32, CPU.
 
 Memory: each contestant runs in a fresh subprocess. Step 1 runs (it creates AdamW's state);
 then the resident-set high-water mark is reset (``echo 5 > /proc/self/clear_refs``) and step 2
