@@ -40,12 +40,13 @@ class Preempted(Exception):
     """Training stopped on a signal (SIGTERM, SIGUSR1) after saving a complete checkpoint;
     not a mistake: the command exits 128 + the signal number and resumes when re-run."""
 
-    def __init__(self, signum: int, step: int, folder: str):
+    def __init__(self, signum: int, step: int | None, folder: str):
         import signal
 
         self.signum = signum
         name = signal.Signals(signum).name
+        at = "" if step is None else f" at step {step}"
         super().__init__(
-            f"stopped by {name} at step {step}; a complete checkpoint is in {folder}; run the "
+            f"stopped by {name}{at}; a complete checkpoint is in {folder}; run the "
             "same command again to resume"
         )

@@ -53,6 +53,8 @@ ENTRIES: dict[str, list[str]] = {
     "cache": ["manifest.json", "shard-*.safetensors"],
     # a sweep's cells/ holds one run folder (and cell.json) per cell, all written by it
     "sweep": ["sweep.json", "sweep.html", "sweep.md", "plots", "cells"],
+    # a chain's stages are run folders of their own (claimed by their runs); eval/ is its own
+    "chain": ["eval"],
     # an export: the Hugging Face folder, GGUF files, the model card
     "export": ["hf", "int8", "*.gguf", "README.md", "export.json"],
     "generations": [

@@ -118,3 +118,31 @@ def test_fsdp2_two_processes_match_one_process(tiny_teacher_dir, tiny_chat_file,
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
     summary = json.loads((two / "train_summary.json").read_text())
     assert summary["fsdp"] == {"enabled": True, "teacher": teacher_mode}
+
+
+def test_settings_fsdp_cannot_take_are_refused_in_one_line(
+    tiny_teacher_dir, tiny_text_file, tmp_path, capsys
+):
+    from kdistill.cli.main import main
+
+    demo = str(REPO / "src/kdistill/configs/demo.yaml")
+    cases = [
+        ({"training.fsdp": "{enabled: true}", "student.lora": "{r: 4}"}, "student.lora"),
+        (
+            {"training.fsdp": "{enabled: true}", "distill.on_policy": "{fraction: 0.5}"},
+            "distill.on_policy",
+        ),
+        (
+            {"training.fsdp": "{enabled: true, teacher: shard}", "teacher.dtype": "int8"},
+            "replicate the int8 teacher",
+        ),
+        ({"data.flip": "true"}, "augment classifier images"),
+    ]
+    for i, (over, words) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        capsys.readouterr()
+        argv = ["distill", demo, *tiny_overrides(tiny_teacher_dir, tiny_text_file, out, **over)]
+        assert main(argv) == 2, over
+        err = capsys.readouterr().err.strip()
+        assert words in err and err.count("\n") == 0, err
+        assert not out.exists()

@@ -133,6 +133,8 @@ def test_augmentation_and_ensemble_refusals_are_one_line_and_leave_nothing(tmp_p
         ),
         ([*base, f"teacher.ensemble=[{tmp_path / 'nope'}]"], "nope"),
         (["distill", str(CONFIGS / "demo.yaml"), f"teacher.ensemble=[{t1}]"], "task: classifier"),
+        ([*base, "training.fsdp={enabled: true}"], "applies to language-model runs"),
+        ([*base, "student.lora={r: 4}"], "applies to language-model runs"),
     ]
     for i, (argv, words) in enumerate(cases):
         out = tmp_path / f"out{i}"

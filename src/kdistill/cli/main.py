@@ -227,6 +227,10 @@ def eval_(
             "classifiers: fashion-mnist (default)"
         ),
     ] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="hub data sets: the subset, as the run's data.subset")
+    ] = None,
+    split: Annotated[str, typer.Option(help="hub data sets: the split, as data.split")] = "train",
     block_size: Annotated[int, typer.Option(min=8)] = 256,
     held_out_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
     max_eval_tokens: Annotated[
@@ -304,6 +308,7 @@ def eval_(
             "seed": seed,
         },
         device=device,
+        source_parts={"subset": subset, "split": split},
     )
 
 

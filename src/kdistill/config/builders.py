@@ -100,6 +100,13 @@ def data_kwargs(cfg: RunConfig) -> dict:
     }
 
 
+def fsdp_sharded(cfg: RunConfig) -> bool:
+    """``training.fsdp`` on, in a launch of at least 2 processes (torchrun's WORLD_SIZE)."""
+    import os
+
+    return cfg.training.fsdp.enabled and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
     t = cfg.training
     kwargs = {
@@ -128,7 +135,7 @@ def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
         # Accelerate only sets up multi-process CPU runs (torchrun, gloo) with use_cpu=True
         "use_cpu": cfg.device == "cpu" or not _has_accelerator(),
     }
-    if t.fsdp.enabled:  # sharded outside Accelerate: transformers keeps the weights only
+    if fsdp_sharded(cfg):  # sharded outside Accelerate: transformers keeps the weights only
         kwargs["save_only_model"] = True
     kwargs.update(t.extra)
     return kwargs

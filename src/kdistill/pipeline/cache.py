@@ -258,25 +258,27 @@ def _fill_from_aligned(cfg: RunConfig, tok, train_ds):
     aligned``): at every aligned position the top ``cache.k`` of its mass mapped onto the
     student's ids (+ tail); unaligned positions keep none and train on their hard CE."""
     from kdistill.models.loading import load_causal_lm
+    from kdistill.models.placement import device_of, on_model
     from kdistill.softlabels import signal_rows
     from kdistill.teachers.aligned import AlignedTeacher
-    from kdistill.teachers.base import Want
+    from kdistill.teachers.base import Want, to_device
 
     teacher, t_tok = load_causal_lm(
         cfg.teacher.model, cfg.teacher.dtype, frozen=True, device=cfg.device
     )
     aligned = AlignedTeacher(teacher, t_tok, tok, objective="mapped", vocab_size=len(tok))
+    aligned.to(device_of(teacher))  # its vocabulary map beside the model
     record = {**_teacher_record(cfg, teacher), "kind": "aligned"}
     manifest = build_manifest(cfg, tok, train_ds, record)
     want = Want("logits", kd_temperature=cfg.cache.cache_temperature)
 
     def rows(blocks: torch.Tensor, _generator) -> SparseRows:
-        sig = aligned.signal({"input_ids": blocks}, want=want)
-        s, valid = sig.sparse, sig.valid.reshape(-1)
+        sig = aligned.signal({"input_ids": on_model(blocks, teacher)}, want=want)
+        s, valid = to_device(sig.sparse, "cpu"), sig.valid.reshape(-1).cpu()
         lp, tail = s.logprobs.reshape(-1, s.k), s.log_tail.reshape(-1)
         top_lp, top = torch.topk(lp, min(cfg.cache.k, s.k), dim=-1)
         rest = torch.cat([lp.scatter(-1, top, float("-inf")), tail[:, None]], dim=-1)
-        ids = torch.where(valid[:, None], aligned.vmap.student_ids[top], -1)
+        ids = torch.where(valid[:, None], aligned.vmap.student_ids.cpu()[top], -1)
         return signal_rows(ids, top_lp, torch.logsumexp(rest, dim=-1))
 
     out = _fill_store(cfg, manifest, train_ds, rows)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from kdistill.config.chain import BASE, ChainSpec, load_chain
+from kdistill.files import atomic_write_json
 from kdistill.log import say
 
 
@@ -50,11 +51,18 @@ def _roles(spec: ChainSpec, configs) -> dict[str, str]:
     return roles
 
 
-def _evaluated(results: Path, stage_dirs: list[Path]) -> bool:
-    """The evaluation is newer than every stage's finished model (nothing to redo)."""
+SETTINGS = "chain_eval.json"
+
+
+def _evaluated(results: Path, stage_dirs: list[Path], settings: dict) -> bool:
+    """The evaluation is newer than every stage's finished model and was made with the same
+    evaluation settings (nothing to redo)."""
     from kdistill.pipeline.run_dir import DONE, FINAL
 
-    if not results.is_file():
+    made_with = results.parent / SETTINGS
+    if not results.is_file() or not made_with.is_file():
+        return False
+    if json.loads(made_with.read_text()) != settings:
         return False
     done = [d / FINAL / DONE for d in stage_dirs]
     return all(f.is_file() and f.stat().st_mtime_ns <= results.stat().st_mtime_ns for f in done)
@@ -62,11 +70,7 @@ def _evaluated(results: Path, stage_dirs: list[Path]) -> bool:
 
 def run_chain(spec_path: str | Path, overrides: list[str] | None = None, *, fresh: bool = False):
     """Run every stage in order (skipping finished ones), then evaluate them together."""
-    from kdistill.config import builders
-    from kdistill.config.loader import load_config
     from kdistill.pipeline.distill_lm import run_distill_lm
-    from kdistill.pipeline.evaluate import run_eval
-    from kdistill.report import render_report
 
     spec, base = load_chain(spec_path, overrides)
     configs = stage_configs(spec, base)  # every stage validated before the first runs
@@ -75,14 +79,31 @@ def run_chain(spec_path: str | Path, overrides: list[str] | None = None, *, fres
 
         raise InputError("kdistill chain distils language models (task: lm)")
     out = Path(spec.output_dir)
-    for i, (stage, cfg) in enumerate(zip(spec.stages, configs, strict=True)):
-        say(f"chain stage {i + 1}/{len(configs)}: {stage.name} (taught by {spec.teacher_of(i)})")
-        run_distill_lm(cfg, fresh=fresh)
+    from kdistill.folders import claim_folder
+
+    # the chain's folder is kdistill's (a folder of someone else's files is refused); each
+    # stage claims its own run folder inside it, and --fresh goes to the stages
+    with claim_folder(out, "chain", field="chain.output_dir"):
+        for i, (stage, cfg) in enumerate(zip(spec.stages, configs, strict=True)):
+            by = spec.teacher_of(i)
+            say(f"chain stage {i + 1}/{len(configs)}: {stage.name} (taught by {by})")
+            run_distill_lm(cfg, fresh=fresh)
+        return _evaluate(spec, base, configs, out)
+
+
+def _evaluate(spec: ChainSpec, base: Path, configs, out: Path) -> Path:
+    """Every stage's model beside the base teacher, in one evaluation and report."""
+    from kdistill.config import builders
+    from kdistill.config.loader import load_config
+    from kdistill.pipeline.evaluate import run_eval
+    from kdistill.report import render_report
+
     first = load_config(base, [] if spec.seed is None else [f"seed={spec.seed}"])
     d = first.data
     results_path = out / "eval" / "results.json"
     stage_dirs = [out / s.name for s in spec.stages]
-    if _evaluated(results_path, stage_dirs):
+    settings = {**spec.eval.model_dump(), "seed": first.seed}
+    if _evaluated(results_path, stage_dirs, settings):
         say(f"chain evaluation is up to date: {results_path}")
         return results_path
     run_eval(
@@ -97,9 +118,9 @@ def run_chain(spec_path: str | Path, overrides: list[str] | None = None, *, fres
         roles=_roles(spec, configs),
         speed_budget_s=spec.eval.speed_budget_s,
         source_parts=builders.source_kwargs(first),
+        device=first.device,
     )
-    html, _ = render_report(
-        [results_path], results_path.parent, [out / s.name for s in spec.stages]
-    )
+    atomic_write_json(results_path.parent / SETTINGS, settings)
+    html, _ = render_report([results_path], results_path.parent, stage_dirs)
     say(f"chain report: {html}")
     return results_path

@@ -19,6 +19,19 @@ log = get_logger(__name__)
 
 
 def _check_source(cfg: RunConfig) -> None:
+    lm_only = {
+        "training.fsdp": cfg.training.fsdp.enabled,
+        "student.lora": cfg.student.lora is not None,
+        "teacher.dtype=int8": cfg.teacher.dtype == "int8",
+        "data.subset": cfg.data.subset is not None,
+        "data.split": cfg.data.split != "train",
+    }
+    used = [k for k, on in lm_only.items() if on]
+    if used:
+        raise InputError(
+            f"{used[0]} applies to language-model runs; a classifier run has no use for it "
+            "(unset it)"
+        )
     if cfg.data.source != "fashion-mnist":
         raise InputError(f"classifier data.source must be fashion-mnist, got {cfg.data.source!r}")
     omit = cfg.data.omit_class

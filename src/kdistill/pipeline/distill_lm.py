@@ -178,6 +178,15 @@ def run_distill_lm(
         if run.done:
             log.info(f"{run.path} is already complete; pass --fresh to retrain")
             return run.path
+        if resume and builders.fsdp_sharded(cfg):  # before any model loads
+            from kdistill.training.checkpoint import latest_complete_checkpoint
+
+            last = latest_complete_checkpoint(run.path / "checkpoints")
+            if last is not None:
+                raise InputError(
+                    f"{last}: a sharded (FSDP) run keeps its weights but not its optimizer "
+                    "state, so it does not resume yet; pass --fresh to start it again"
+                )
         return _train_lm(cfg, run, resume)
 
 
@@ -231,13 +240,13 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
     fsdp = cfg.training.fsdp
-    if fsdp.enabled:  # FSDP2 by transformers' plan for the model, over the run's processes
+    if builders.fsdp_sharded(cfg):  # FSDP2 over the run's processes
         from kdistill.training.sharding import shard_model
 
-        _ = args.device  # the process group exists from here
-        student = shard_model(student)
+        kind = args.device.type  # the process group exists from here; the training device
+        student = shard_model(student, device_type=kind)
         if fsdp.teacher == "shard" and teacher is not None:
-            shard_model(teacher, keep_ends=False)
+            shard_model(teacher, keep_ends=False, device_type=kind)
     preemption = PreemptionCallback()
     op = builders.on_policy_kwargs(cfg)
     trainer = KDTrainer(
@@ -258,11 +267,6 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         **builders.objective_kwargs(cfg),
     )
     last = latest_complete_checkpoint(ckpt_dir) if resume else None
-    if last is not None and fsdp.enabled:
-        raise InputError(
-            f"{last}: an FSDP run keeps its weights but not its optimizer state, so it does "
-            "not resume yet; pass --fresh to start again"
-        )
     if last is not None:
         log.info(f"resuming from {last}")
     run.save_config(cfg)
@@ -270,10 +274,12 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     with preemption.armed():
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     if preemption.signum is not None:
+        if builders.fsdp_sharded(cfg):
+            log.warning("a sharded (FSDP) run does not resume yet: re-run it with --fresh")
         raise Preempted(preemption.signum, trainer.state.global_step, str(ckpt_dir))
     elapsed = time.perf_counter() - t0
     whole = None
-    if fsdp.enabled:  # every rank takes part in gathering the shards; one writes them
+    if builders.fsdp_sharded(cfg):  # every rank takes part in gathering the shards; one writes them
         from kdistill.training.sharding import full_state_dict
 
         whole = full_state_dict(trainer.model)

@@ -133,6 +133,7 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
             f"distill.on_policy.prompt_tokens ({cfg.distill.on_policy.prompt_tokens}) must be "
             f"below data.block_size ({cfg.data.block_size})"
         )
+    check_lm_combinations(cfg)
     if kind == "recorded":  # read one line at a time: a recorded set may not fit in memory
         check_recorded_source(cfg.data.source)
     else:
@@ -146,4 +147,38 @@ def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
             cfg.teacher.model,
             allow=allow_teacher_change,
             where=f"teacher.path={cfg.teacher.path!r}",
+        )
+
+
+def check_lm_combinations(cfg: RunConfig) -> None:
+    """Settings that do not apply to a language-model run, or not together: one line each,
+    before anything loads."""
+    d = cfg.data
+    if d.jitter or d.flip or d.mixup:
+        raise InputError(
+            "data.jitter / data.flip / data.mixup augment classifier images; an LM run has "
+            "none (unset them)"
+        )
+    if cfg.teacher.kind == "recorded" and (d.subset is not None or d.split != "train"):
+        raise InputError(
+            "data.subset / data.split choose a part of a hub data set; a recorded teacher "
+            "reads kdistill generate's kept.jsonl (unset them)"
+        )
+    fsdp = cfg.training.fsdp
+    if not fsdp.enabled:
+        return
+    if cfg.student.lora is not None:
+        raise InputError(
+            "training.fsdp with student.lora: not supported yet (the adapters are not sharded "
+            "with the base); train the LoRA student without FSDP"
+        )
+    if cfg.distill.on_policy is not None:
+        raise InputError(
+            "training.fsdp with distill.on_policy: not supported yet (each rank samples on its "
+            "own draw, and a sharded student's generation is a collective); remove one"
+        )
+    if fsdp.teacher == "shard" and cfg.teacher.dtype == "int8":
+        raise InputError(
+            "training.fsdp.teacher=shard with teacher.dtype=int8: FSDP does not shard torchao's "
+            "int8 weights; replicate the int8 teacher (training.fsdp.teacher=replicate)"
         )

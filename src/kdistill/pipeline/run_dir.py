@@ -30,6 +30,7 @@ CONFIG = "config.yaml"
 
 # settings a re-run may change without --fresh; the resumed run uses the new values
 CHANGEABLE_ON_RESUME = (
+    "device",  # where the run executes, not what it computes
     "training.learning_rate",
     "training.max_steps",
     "training.lr_scheduler",

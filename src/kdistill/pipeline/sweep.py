@@ -129,6 +129,7 @@ def run_cell(base: Path, cell: Cell, cell_dir: Path, threads: int | None) -> dic
             seed=cfg.seed,
             quality_only=True,
             source_parts=builders.source_kwargs(cfg),
+            device=cfg.device,
         )
     me = next(r for r in ("student", "baseline", "teacher") if r in results)
     out = {"cell": _numbers(results[me])}
@@ -181,6 +182,8 @@ def _one(base: Path, cell: Cell, cell_dir: Path, threads, base_sha: str, subproc
             capture_output=True,
             text=True,
         )
+        if proc.returncode > 128:  # the worker was stopped by a signal: stop the sweep
+            raise Preempted(proc.returncode - 128, None, str(cell_dir / "run" / "checkpoints"))
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["(no output)"])[-1])
         metrics = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -369,7 +372,11 @@ def _worker(job_json: str) -> None:
     """A worker process: run one cell, print its metrics as the last line of stdout."""
     job = json.loads(job_json)
     cell = Cell(**job["cell"])
-    metrics = run_cell(Path(job["base"]), cell, Path(job["dir"]), job["threads"])
+    try:
+        metrics = run_cell(Path(job["base"]), cell, Path(job["dir"]), job["threads"])
+    except Preempted as exc:  # the parent reads 128 + the signal and stops the sweep
+        print(str(exc), file=sys.stderr)
+        sys.exit(128 + exc.signum)
     print(json.dumps(metrics))
 
 

@@ -10,8 +10,14 @@ from kdistill.config.schema import RunConfig
 def teacher_training_config(cfg: RunConfig) -> RunConfig:
     """The run that trains ``teacher.model`` itself with hard labels (no soft term)."""
     data = cfg.model_dump()
-    data["student"] = {**data["student"], "model": cfg.teacher.model, "from_teacher": None}
-    data["student"]["dtype"] = cfg.teacher.dtype
+    data["student"] = {
+        **data["student"],
+        "model": cfg.teacher.model,
+        "from_teacher": None,
+        "lora": None,  # the student's adapters are not the teacher's training
+    }
+    # an int8 teacher is how it is held while distilling; it trains in fp32
+    data["student"]["dtype"] = "float32" if cfg.teacher.dtype == "int8" else cfg.teacher.dtype
     data["teacher"] = {**data["teacher"], "kind": "none"}
     return RunConfig.model_validate(data)
 

@@ -22,6 +22,13 @@ def is_zero3(param) -> bool:
     return param is not None and hasattr(param, "ds_id")
 
 
+def _partitioned(param) -> bool:
+    """A ZeRO-3 parameter whose data is not here now (an empty placeholder). One already
+    gathered is left alone: DeepSpeed's gather context re-partitions everything it was given
+    on exit, so gathering it again would free it under an outer gather."""
+    return is_zero3(param) and param.numel() == 0
+
+
 def full_shape(param) -> torch.Size:
     """A parameter's whole shape, also when ZeRO-3 has partitioned it away (``ds_shape``)."""
     return torch.Size(getattr(param, "ds_shape", param.shape))
@@ -44,7 +51,7 @@ def full_params(*params) -> Iterator[tuple]:
     hooks reduce them); FSDP2 ``DTensor`` parameters through ``full_tensor()`` (an
     all-gather whose backward reduce-scatters the gradient into the shard); anything else as
     it is."""
-    zero3 = [p for p in params if is_zero3(p)]
+    zero3 = [p for p in params if _partitioned(p)]
     with _zero3_gather(zero3) if zero3 else nullcontext():
         yield tuple(p.full_tensor() if _is_dtensor(p) else p for p in params)
 
@@ -54,7 +61,7 @@ def gathered_for_step(*params) -> Iterator[None]:
     """ZeRO-3 parameters gathered for a whole training step (forward, loss and backward), so
     a gradient made outside their module's forward lands on a whole parameter; a no-op for
     anything else (FSDP2's ``full_tensor`` carries its gradient back itself)."""
-    zero3 = [p for p in params if is_zero3(p)]
+    zero3 = [p for p in params if _partitioned(p)]
     with _zero3_gather(zero3) if zero3 else nullcontext():
         yield
 
@@ -66,7 +73,9 @@ def _zero3_gather(params: list):
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
-def shard_model(model: torch.nn.Module, *, keep_ends: bool = True) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, *, keep_ends: bool = True, device_type: str | None = None
+) -> torch.nn.Module:
     """``model`` sharded with FSDP2 (torch's ``fully_shard``) over every process of the run:
     each decoder layer its own group (gathered for its forward, freed after), the embedding,
     final norm and output head one group (a tied embedding and head share one weight, which
@@ -83,7 +92,7 @@ def shard_model(model: torch.nn.Module, *, keep_ends: bool = True) -> torch.nn.M
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world < 2:
         return model
-    device = torch._C._get_accelerator().type
+    device = device_type or torch._C._get_accelerator().type
     mesh = init_device_mesh(device, (world,), mesh_dim_names=("fsdp",))
     for layer in _decoder_layers(model):
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)

@@ -185,10 +185,13 @@ class KDTrainer(Trainer):
         share = self.on_policy.forward_kl_share if self._sampled_now and self.on_policy else 0.0
         # chunk only when there is more than one chunk: a single chunk saves no memory and
         # only adds the custom backward (benchmarks/README.md: 0.78x at N = chunk = 1,024)
+        # a sharded student chunks on every rank alike (the head gathers are collectives,
+        # and each rank's padded length differs)
+        sharded = getattr(self.model, "_is_distributed_loading_by_transformers", False)
         chunked = (
             not (estimate or share)  # these read full logits (of short samples)
             and self.loss_chunk_size
-            and labels.numel() > self.loss_chunk_size
+            and (sharded or labels.numel() > self.loss_chunk_size)
             and _supports_chunking(self.accelerator.unwrap_model(model))
         )
         ask = None
