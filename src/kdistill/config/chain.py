@@ -23,10 +23,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from kdistill.config.loader import ConfigError, format_validation_error
+from kdistill.config.loader import ConfigError
 from kdistill.config.schema import Strict
 
 BASE = "base"
@@ -64,23 +63,10 @@ class ChainSpec(Strict):
 
 def load_chain(path: str | Path, overrides: list[str] | None = None) -> tuple[ChainSpec, Path]:
     """The validated spec and the base config's path (resolved against the spec's folder)."""
-    from kdistill.config.loader import apply_overrides
-    from kdistill.config.sweep import resolve_base_config
+    from kdistill.config.sweep import read_spec, resolve_base_config
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"chain spec {str(path)!r} not found; give a YAML file with chain:")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("chain"), dict):
-        raise ConfigError(f"{path}: put the chain settings under a top-level 'chain:' key")
-    data = apply_overrides(data, [f"chain.{o}" for o in overrides or []])
-    try:
-        spec = ChainSpec.model_validate(data["chain"])
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+    spec = read_spec(path, "chain", overrides, ChainSpec)
     seen: list[str] = []
     for i, stage in enumerate(spec.stages):
         if not re.fullmatch(r"[A-Za-z0-9_-]+", stage.name) or stage.name in (BASE, "eval"):

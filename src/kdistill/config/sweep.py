@@ -85,24 +85,32 @@ class SweepSpec(Strict):
         return list(self.seeds)  # normalised by the validator
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepSpec, Path]:
-    """The validated spec and the base config's path (resolved against the spec's folder)."""
+def read_spec(path: Path, section: str, overrides: list[str] | None, model):
+    """The ``section:`` of the YAML spec at ``path`` with ``overrides`` applied, validated as
+    ``model``; every problem one :class:`ConfigError` line."""
     from kdistill.config.loader import apply_overrides
 
-    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"sweep spec {str(path)!r} not found; give a YAML file with sweep:")
+        raise ConfigError(
+            f"{section} spec {str(path)!r} not found; give a YAML file with {section}:"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("sweep"), dict):
-        raise ConfigError(f"{path}: put the sweep settings under a top-level 'sweep:' key")
-    data = apply_overrides(data, [f"sweep.{o}" for o in overrides or []])
+    if not isinstance(data, dict) or not isinstance(data.get(section), dict):
+        raise ConfigError(f"{path}: put the {section} settings under a top-level '{section}:' key")
+    data = apply_overrides(data, [f"{section}.{o}" for o in overrides or []])
     try:
-        spec = SweepSpec.model_validate(data["sweep"])
+        return model.model_validate(data[section])
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepSpec, Path]:
+    """The validated spec and the base config's path (resolved against the spec's folder)."""
+    path = Path(path)
+    spec = read_spec(path, "sweep", overrides, SweepSpec)
     if spec.baseline is not None and spec.baseline not in spec.arms:
         raise ConfigError(
             f"sweep.baseline={spec.baseline!r} is not an arm; use one of {', '.join(spec.arms)}"
