@@ -109,6 +109,12 @@ def shard_model(
     return model
 
 
+def is_sharded(model) -> bool:
+    """A model :func:`shard_model` sharded (transformers' own mark for a model it distributed
+    itself, which the Trainer reads too)."""
+    return bool(getattr(model, "_is_distributed_loading_by_transformers", False))
+
+
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a transformers causal LM (``model.model.layers``), or []."""
     layers = getattr(getattr(model, "model", None), "layers", None)

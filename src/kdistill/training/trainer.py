@@ -24,7 +24,12 @@ from kdistill.teachers.model import ModelTeacher
 from kdistill.training.checkpoint import retract_latest
 from kdistill.training.meter import KDLogCallback, KDMeter
 from kdistill.training.on_policy import SAMPLED, OnPolicy, is_on_policy, on_policy_batch
-from kdistill.training.sharding import full_params, full_shape, gathered_for_step
+from kdistill.training.sharding import (
+    full_params,
+    full_shape,
+    gathered_for_step,
+    is_sharded,
+)
 from kdistill.training.step import (
     KDSchedules,
     NonFiniteError,
@@ -146,7 +151,7 @@ class KDTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # a student sharded with FSDP2 by kdistill: every rank gathers, one writes
-        if getattr(self.model, "_is_distributed_loading_by_transformers", False):
+        if is_sharded(self.model):
             from kdistill.training.sharding import full_state_dict
 
             whole = full_state_dict(self.model)
@@ -187,11 +192,10 @@ class KDTrainer(Trainer):
         # only adds the custom backward (benchmarks/README.md: 0.78x at N = chunk = 1,024)
         # a sharded student chunks on every rank alike (the head gathers are collectives,
         # and each rank's padded length differs)
-        sharded = getattr(self.model, "_is_distributed_loading_by_transformers", False)
         chunked = (
             not (estimate or share)  # these read full logits (of short samples)
             and self.loss_chunk_size
-            and (sharded or labels.numel() > self.loss_chunk_size)
+            and (is_sharded(self.model) or labels.numel() > self.loss_chunk_size)
             and _supports_chunking(self.accelerator.unwrap_model(model))
         )
         ask = None
