@@ -39,3 +39,23 @@ def why_missing(exc: Exception) -> str:
     if offline():
         return f"not in {CACHE_HINT} and HF_HUB_OFFLINE=1 forbids downloading it"
     return f"not in {CACHE_HINT} and the hub did not give it ({type(exc).__name__})"
+
+
+def cached_snapshot(spec: str, *, repo_type: str) -> Path | None:
+    """The cached snapshot folder of ``org/name[@revision]``, or None when the cache has
+    none (nothing is downloaded)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        repo, _, revision = spec.partition("@")
+        return Path(
+            snapshot_download(
+                repo,
+                repo_type=repo_type,
+                revision=revision or None,
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                local_files_only=True,
+            )
+        )
+    except Exception:  # not in the cache (LocalEntryNotFoundError and kin)
+        return None

@@ -231,6 +231,9 @@ def eval_(
         str | None, typer.Option(help="hub data sets: the subset, as the run's data.subset")
     ] = None,
     split: Annotated[str, typer.Option(help="hub data sets: the split, as data.split")] = "train",
+    streaming: Annotated[
+        bool, typer.Option(help="hub data sets: read the held-out rows as a stream")
+    ] = False,
     block_size: Annotated[int, typer.Option(min=8)] = 256,
     held_out_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
     max_eval_tokens: Annotated[
@@ -308,7 +311,11 @@ def eval_(
             "seed": seed,
         },
         device=device,
-        source_parts={"subset": subset, "split": split},
+        source_parts={
+            "subset": subset,
+            "split": split,
+            **({"streaming": True} if streaming else {}),
+        },
     )
 
 

@@ -83,8 +83,12 @@ def student_kwargs(cfg: RunConfig) -> dict | None:
 
 
 def source_kwargs(cfg: RunConfig) -> dict:
-    """Which part of a hub data set (``data.subset``, ``data.split``)."""
-    return {"subset": cfg.data.subset, "split": cfg.data.split}
+    """Which part of a hub data set (``data.subset``, ``data.split``) and how it is read
+    (``data.streaming``: only when set, so readers of local files need not know it)."""
+    parts = {"subset": cfg.data.subset, "split": cfg.data.split}
+    if cfg.data.streaming:
+        parts["streaming"] = True
+    return parts
 
 
 def data_kwargs(cfg: RunConfig) -> dict:
@@ -112,6 +116,8 @@ def training_arguments_kwargs(cfg: RunConfig, output_dir: str) -> dict:
     kwargs = {
         "output_dir": output_dir,
         "max_steps": t.max_steps,
+        # a stream resumes from its saved position (data/streaming.py), not by re-reading
+        "ignore_data_skip": cfg.data.streaming,
         "per_device_train_batch_size": t.per_device_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "learning_rate": t.learning_rate,

@@ -149,6 +149,11 @@ class DataSpec(Strict):
         description="hub data sets: the split read (kdistill then holds out its own "
         "hash-based share of it for evaluation)",
     )
+    streaming: bool = Field(
+        False,
+        description="hub data sets: read rows as training goes (never the whole set), "
+        "plain text only; the held-out share by hash, resume by stream position",
+    )
     block_size: int = Field(256, ge=8, description="tokens per packed block / max chat length")
     held_out_fraction: float = Field(0.05, gt=0, lt=1, description="share of records held out")
     max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")

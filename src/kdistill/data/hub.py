@@ -6,7 +6,8 @@ fetched through ``huggingface_hub`` into its cache (``HF_HUB_CACHE`` / ``HF_HOME
 reads that snapshot folder with the hub's own conventions: the subset (``data.subset``, a
 configuration name) and the split (``data.split``, default ``train``). Rows become kdistill
 records (a ``text_field`` column, ``messages``, or generations) and kdistill holds out its
-own hash-based share of them, as for a local file. Not yet: streaming.
+own hash-based share of them, as for a local file. ``data.streaming``: see
+:mod:`kdistill.data.streaming`.
 """
 
 from __future__ import annotations

@@ -148,13 +148,29 @@ def table_rows(path: Path) -> list[dict]:
 
 
 def load_records(
-    source: str, text_field: str = "text", *, subset: str | None = None, split: str = "train"
+    source: str,
+    text_field: str = "text",
+    *,
+    subset: str | None = None,
+    split: str = "train",
+    streaming: bool = False,
 ) -> list[str | list[dict] | dict]:
     """Documents (str), chat conversations (list of {role, content}), or generation records
     (dict: ``messages`` or ``prompt`` + ``completion``, maybe with the teacher's logprobs).
+    A streamed hub data set is not read whole: its first rows' texts, checked.
 
     Every malformed input is one :class:`InputError` naming the file, the record and the fix,
     so pipelines call this before any model loads."""
+    if streaming:
+        from kdistill.data.hub import looks_like_dataset_id
+        from kdistill.data.streaming import check_stream
+
+        if Path(source).expanduser().exists() or not looks_like_dataset_id(source):
+            raise InputError(
+                f"data.streaming reads a hub data set id as training goes; {source!r} is not "
+                "one (unset data.streaming, or give a hub data set id)"
+            )
+        return check_stream(source, text_field, subset=subset, split=split)
     if subset is not None or split != "train":
         from kdistill.data.hub import looks_like_dataset_id
 
@@ -329,9 +345,34 @@ def build_lm_datasets(
     seed: int = 0,
     subset: str | None = None,
     split: str = "train",
+    streaming: bool = False,
+    start: dict | None = None,
 ):
     """(train, held-out) datasets. (A recorded teacher's examples are read from its store:
-    :func:`kdistill.teachers.recorded_store.recorded_datasets`.)"""
+    :func:`kdistill.teachers.recorded_store.recorded_datasets`.) ``streaming``: the training
+    blocks are a :class:`~kdistill.data.streaming.StreamedBlocks` (from position ``start``
+    when resuming) and the held-out blocks the first held-out rows of the stream."""
+    if streaming:
+        from kdistill.data.streaming import StreamedBlocks, held_out_stream
+
+        part = {"subset": subset, "split": split, "text_field": text_field, "seed": seed}
+        train = StreamedBlocks(
+            tokenizer,
+            source,
+            block_size=block_size,
+            held_out_fraction=held_out_fraction,
+            max_train_tokens=max_train_tokens,
+            start=start,
+            **part,
+        )
+        eval_tokens = max_eval_tokens or 16384
+        texts = held_out_stream(
+            source,
+            held_out_fraction=held_out_fraction,
+            max_chars=8 * (eval_tokens + block_size),  # ample: ~4 characters a token
+            **part,
+        )
+        return train, BlockDataset(pack_texts(tokenizer, texts, block_size, eval_tokens))
     records = load_records(source, text_field, subset=subset, split=split)
     train, held = split_held_out(records, held_out_fraction, seed)
     if isinstance(records[0], dict):
@@ -365,9 +406,15 @@ def training_texts(
     text_field: str = "text",
     subset: str | None = None,
     split: str = "train",
+    streaming: bool = False,
 ) -> list[str]:
     """The training records (the same split as training; never a held-out one) as text:
     what a student's own tokenizer is trained on."""
+    if streaming:
+        raise InputError(
+            "a streamed data set is not listed whole, which this needs (a student's own "
+            "tokenizer, a cross-tokenizer teacher's chats); unset data.streaming"
+        )
     records = load_records(source, text_field, subset=subset, split=split)
     train, _ = split_held_out(records, held_out_fraction, seed)
     return [t for t in (record_text(r) for r in train) if t.strip()]
@@ -381,9 +428,15 @@ def training_chats(
     text_field: str = "text",
     subset: str | None = None,
     split: str = "train",
+    streaming: bool = False,
 ) -> list[list[dict]] | None:
     """Each training example's messages, in the training set's order, when the data are
     chats (or generations with messages); None for plain text."""
+    if streaming:
+        raise InputError(
+            "a streamed data set is not listed whole, which this needs (a student's own "
+            "tokenizer, a cross-tokenizer teacher's chats); unset data.streaming"
+        )
     records = load_records(source, text_field, subset=subset, split=split)
     train, _ = split_held_out(records, held_out_fraction, seed)
     if isinstance(train[0], list):
@@ -402,10 +455,23 @@ def held_out_texts(
     max_chars: int | None = None,
     subset: str | None = None,
     split: str = "train",
+    streaming: bool = False,
 ) -> list[str]:
     """The held-out records (the same split as training) as text, in order, until
     ``max_chars`` characters (the last one cut at a character boundary): the spans every
     model scores for bits per byte, whatever its tokenizer."""
+    if streaming:
+        from kdistill.data.streaming import held_out_stream
+
+        return held_out_stream(
+            source,
+            held_out_fraction=held_out_fraction,
+            seed=seed,
+            text_field=text_field,
+            subset=subset,
+            split=split,
+            max_chars=max_chars or 8000,
+        )
     records = load_records(source, text_field, subset=subset, split=split)
     _, held = split_held_out(records, held_out_fraction, seed)
     out, total = [], 0

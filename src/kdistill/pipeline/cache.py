@@ -165,6 +165,11 @@ def run_cache(cfg: RunConfig):
             f"{cfg.teacher.kind}; use teacher.kind=model, served or aligned"
         )
     check_output_folder(cfg.cache.dir, "cache.dir")
+    if cfg.data.streaming:
+        raise InputError(
+            "kdistill cache stores the teacher's targets per listed example; a streamed data "
+            "set is not listed (unset data.streaming, or distil online: teacher.kind=model)"
+        )
     check_model_files(cfg.teacher.model, "teacher.model")
     if served:
         _check_served_cache(cfg)

@@ -23,8 +23,12 @@ def _threads(cfg: RunConfig) -> None:
 
 
 def calibration_blocks(dataset, n: int) -> list[torch.Tensor]:
-    """``n`` training blocks spread evenly over ``dataset``, each a (1, T) id tensor: the text
-    importance pruning measures on."""
+    """``n`` training blocks spread evenly over ``dataset`` (a stream's first ``n``), each a
+    (1, T) id tensor: the text importance pruning measures on."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        import itertools
+
+        return [b["input_ids"].unsqueeze(0) for b in itertools.islice(dataset.fresh(), n)]
     if len(dataset) == 0:
         raise InputError("pruning needs calibration text, but the training split is empty")
     n = min(n, len(dataset))
@@ -201,14 +205,25 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     from kdistill.training.trainer import KDTrainer
 
     run_dir = run.path
+    ckpt_dir = run_dir / "checkpoints"
     set_seed(cfg.seed)
     from kdistill.teachers.kinds import needs_model
 
     built = {}
 
+    last = latest_complete_checkpoint(ckpt_dir) if resume else None
+    start = None
+    if cfg.data.streaming and last is not None:  # the stream resumes where training stopped
+        from kdistill.data.streaming import resume_position
+
+        start = resume_position(last)
+
     def lm_data(tokenizer):  # built once per tokenizer (a student may get its own)
         if id(tokenizer) not in built:
-            data = build_lm_datasets(tokenizer, cfg.data.source, **builders.data_kwargs(cfg))
+            kwargs = builders.data_kwargs(cfg)
+            if cfg.data.streaming:
+                kwargs["start"] = start
+            data = build_lm_datasets(tokenizer, cfg.data.source, **kwargs)
             built[id(tokenizer)] = data
         return built[id(tokenizer)][0]
 
@@ -237,7 +252,6 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
 
     terms = build_terms(builders.term_settings(cfg), student=student, teacher_model=teacher)
     collator = CausalCollator(tok.pad_token_id)
-    ckpt_dir = run_dir / "checkpoints"
     args = TrainingArguments(**builders.training_arguments_kwargs(cfg, str(ckpt_dir)))
     fsdp = cfg.training.fsdp
     if builders.fsdp_sharded(cfg):  # FSDP2 over the run's processes
@@ -248,11 +262,16 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         if fsdp.teacher == "shard" and teacher is not None:
             shard_model(teacher, keep_ends=False, device_type=kind)
     preemption = PreemptionCallback()
+    callbacks = [CompleteMarker(), preemption]
+    if cfg.data.streaming:  # each checkpoint keeps the stream position it resumes from
+        from kdistill.data.streaming import StreamPositionCallback
+
+        callbacks.insert(0, StreamPositionCallback(train_ds))
     op = builders.on_policy_kwargs(cfg)
     trainer = KDTrainer(
         model=student,
         args=args,
-        train_dataset=IndexedDataset(train_ds),
+        train_dataset=train_ds if cfg.data.streaming else IndexedDataset(train_ds),
         data_collator=collator,
         teacher=kd_teacher,
         terms=terms,
@@ -260,13 +279,12 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         schedules=KDSchedules.build(**builders.schedule_kwargs(cfg)),
         vocab_size=vocab,
         log_path=run_dir / "kd_log.jsonl",
-        callbacks=[CompleteMarker(), preemption],
+        callbacks=callbacks,
         on_policy=None if op is None else OnPolicy(**op),
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         eos_token_ids=() if tok.eos_token_id is None else (tok.eos_token_id,),
         **builders.objective_kwargs(cfg),
     )
-    last = latest_complete_checkpoint(ckpt_dir) if resume else None
     if last is not None:
         log.info(f"resuming from {last}")
     run.save_config(cfg)
@@ -295,7 +313,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             "train_seconds": elapsed,
             "global_step": trainer.state.global_step,
             "train_loss": result.training_loss,
-            "train_blocks": len(train_ds),
+            "train_blocks": None if cfg.data.streaming else len(train_ds),
             # targets the student was updated on by this process (sampled tokens on-policy)
             "target_tokens": trainer.targets_seen,
             "block_size": cfg.data.block_size,

@@ -164,6 +164,7 @@ def check_lm_combinations(cfg: RunConfig) -> None:
             "data.subset / data.split choose a part of a hub data set; a recorded teacher "
             "reads kdistill generate's kept.jsonl (unset them)"
         )
+    check_streaming(cfg)
     fsdp = cfg.training.fsdp
     if not fsdp.enabled:
         return
@@ -181,4 +182,24 @@ def check_lm_combinations(cfg: RunConfig) -> None:
         raise InputError(
             "training.fsdp.teacher=shard with teacher.dtype=int8: FSDP does not shard torchao's "
             "int8 weights; replicate the int8 teacher (training.fsdp.teacher=replicate)"
+        )
+
+
+def check_streaming(cfg: RunConfig) -> None:
+    """``data.streaming`` with what needs the records listed, or untried: one line each."""
+    if not cfg.data.streaming:
+        return
+    why = None
+    if cfg.teacher.kind not in ("model", "none"):
+        why = f"teacher.kind={cfg.teacher.kind} (it keeps or aligns targets per listed example)"
+    elif cfg.student.from_teacher is not None and cfg.student.from_teacher.tokenizer_vocab:
+        why = "student.from_teacher.tokenizer_vocab (the tokenizer trains on the whole set)"
+    elif cfg.distill.on_policy is not None:
+        why = "distill.on_policy (not tried with a stream yet)"
+    elif cfg.training.fsdp.enabled:
+        why = "training.fsdp (not tried with a stream yet)"
+    if why is not None:
+        raise InputError(
+            f"data.streaming reads rows as training goes, which does not work with {why}; "
+            "unset data.streaming or that setting"
         )

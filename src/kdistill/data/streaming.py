@@ -1,0 +1,275 @@
+"""Streamed hub data sets (``data.streaming: true``): rows are read as training needs them,
+never the whole set at once, so a set larger than the disk trains.
+
+``datasets`` streams the rows: from the cached snapshot when one is in the Hugging Face cache
+(nothing is downloaded), else from the hub itself (``HF_TOKEN`` honoured; with
+``HF_HUB_OFFLINE=1`` an uncached id is one line). kdistill then does what it does for a file:
+
+- **held-out split by hash**: row ``i`` of the stream is held out when the hash of
+  ``(seed, i)`` says so (:func:`kdistill.data.lm.is_held_out`, the same rule as for a file),
+  so the held-out rows are the same every run without ever listing the set;
+- **packing**: training rows' tokens, EOS after each, cut into ``block_size`` blocks;
+- **resume by position**: every block knows where it starts (the stream's own
+  ``state_dict`` before its row, that row's index, and how many of the row's tokens came
+  before the block). A checkpoint stores the position of the first block not yet trained on
+  (``stream_position.json``) and a resumed run starts the stream there
+  (``IterableDataset.load_state_dict``: whole shards are skipped unread) instead of
+  re-reading and re-tokenising everything it had trained on.
+
+Plain-text rows only (a ``text_field`` column): chats, generations, stores and a student's
+own tokenizer need the records listed and are refused for a streamed set.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from kdistill.errors import InputError
+
+POSITION_FILE = "stream_position.json"
+_KEEP_POSITIONS = 8192  # block starts remembered (well beyond the data loader's prefetch)
+
+
+def open_stream(source: str, *, subset: str | None = None, split: str = "train"):
+    """A ``datasets.IterableDataset`` over one split of hub data set ``source``: the cached
+    snapshot when there is one, else the hub (never a download of the whole set)."""
+    import datasets
+
+    from kdistill.hub_cache import cached_snapshot, offline
+
+    repo, _, revision = source.partition("@")
+    folder = cached_snapshot(source, repo_type="dataset")
+    if folder is None and offline():
+        raise InputError(
+            f"data source {source!r} not found: a streamed hub data set is neither in the "
+            "Hugging Face cache (HF_HUB_CACHE / HF_HOME) nor reachable with HF_HUB_OFFLINE=1; "
+            "unset HF_HUB_OFFLINE or download it once"
+        )
+    where = str(folder) if folder is not None else repo
+    extra = {} if folder is not None else {"revision": revision or None}
+    try:
+        return datasets.load_dataset(where, name=subset, split=split, streaming=True, **extra)
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(
+            f"data source {source!r} (subset {subset!r}, split {split!r}): {first}; set "
+            "data.subset / data.split to ones the data set has"
+        ) from exc
+
+
+def _text(source: str, row: dict, text_field: str, index: int) -> str:
+    value = row.get(text_field)
+    if not isinstance(value, str):
+        cols = ", ".join(sorted(row)) or "none"
+        raise InputError(
+            f"data source {source!r} row {index}: a streamed data set is read as plain text "
+            f"from column {text_field!r} (columns: {cols}); set data.text_field, or unset "
+            "data.streaming for chats and generations"
+        )
+    return value
+
+
+def check_stream(
+    source: str, text_field: str = "text", *, subset: str | None = None, split: str = "train"
+) -> list[str]:
+    """The first rows' texts (up to 8), checked: what a run validates before any model
+    loads, without reading the set."""
+    texts = []
+    for i, row in enumerate(open_stream(source, subset=subset, split=split)):
+        texts.append(_text(source, row, text_field, i))
+        if i == 7:
+            break
+    if not texts:
+        raise InputError(f"data source {source!r}: split {split!r} has no rows")
+    return texts
+
+
+def held_out_stream(
+    source: str,
+    *,
+    held_out_fraction: float,
+    seed: int = 0,
+    text_field: str = "text",
+    subset: str | None = None,
+    split: str = "train",
+    max_chars: int,
+) -> list[str]:
+    """The held-out rows' texts in stream order, read until ``max_chars`` characters."""
+    from kdistill.data.lm import is_held_out
+
+    out, total = [], 0
+    for i, row in enumerate(open_stream(source, subset=subset, split=split)):
+        if not is_held_out(i, held_out_fraction, seed):
+            continue
+        text = _text(source, row, text_field, i)
+        if text.strip():
+            out.append(text)
+            total += len(text)
+        if total >= max_chars:
+            break
+    if not out:
+        raise InputError(
+            f"data source {source!r}: no held-out rows at data.held_out_fraction "
+            f"{held_out_fraction}; raise it or add data"
+        )
+    return out
+
+
+class StreamedBlocks(torch.utils.data.IterableDataset):
+    """Packed ``block_size`` training blocks from the training rows of a stream, each with
+    the position it starts at (:meth:`position`); ``start`` (a saved position) resumes."""
+
+    def __init__(
+        self,
+        tokenizer,
+        source: str,
+        *,
+        block_size: int,
+        held_out_fraction: float,
+        seed: int = 0,
+        text_field: str = "text",
+        subset: str | None = None,
+        split: str = "train",
+        max_train_tokens: int | None = None,
+        start: dict | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.source, self.subset, self.split = source, subset, split
+        self.block_size, self.text_field = block_size, text_field
+        self.fraction, self.seed = held_out_fraction, seed
+        self.max_blocks = (
+            None if max_train_tokens is None else max(1, max_train_tokens // block_size)
+        )
+        self.start = start
+        self.next_block = 0 if start is None else int(start["block"])
+        self.pass_no = 0 if start is None else int(start["pass"])
+        self.positions: OrderedDict[int, dict] = OrderedDict()
+        self.rows_read = 0
+
+    def fresh(self) -> StreamedBlocks:
+        """The same stream from its beginning, with its own counters (calibration reads it
+        without moving this one)."""
+        return StreamedBlocks(
+            self.tokenizer,
+            self.source,
+            block_size=self.block_size,
+            held_out_fraction=self.fraction,
+            seed=self.seed,
+            text_field=self.text_field,
+            subset=self.subset,
+            split=self.split,
+            max_train_tokens=None if self.max_blocks is None else self.max_blocks * self.block_size,
+        )
+
+    def _remember(self, block: int, position: dict) -> None:
+        self.positions[block] = position
+        while len(self.positions) > _KEEP_POSITIONS:
+            self.positions.popitem(last=False)
+
+    def position(self, block: int) -> dict:
+        """Where block number ``block`` (counted over the whole run) starts."""
+        if block not in self.positions:
+            raise KeyError(f"the start of block {block} is no longer known")
+        return self.positions[block]
+
+    def __iter__(self) -> Iterator[dict]:
+        """Blocks without end: pass after pass over the stream (the Trainer stops at
+        ``training.max_steps``), so block ``n`` is always the ``n``-th the run trained on."""
+        start, self.start = self.start, None
+        while True:
+            made = yield from self._one_pass(start)
+            if made == 0:
+                raise InputError(
+                    f"data source {self.source!r}: its training rows hold fewer than one block "
+                    f"of {self.block_size} tokens; lower data.block_size or add data"
+                )
+            start = None
+            self.pass_no += 1
+
+    def _one_pass(self, start: dict | None):
+        """One pass over the stream (from ``start`` when resuming); returns blocks made."""
+        from kdistill.data.lm import is_held_out
+
+        stream = open_stream(self.source, subset=self.subset, split=self.split)
+        row, skip, made = 0, 0, 0
+        if start is not None:
+            stream.load_state_dict(start["state"])
+            row, skip = int(start["row"]), int(start["skip"])
+            made = int(start["made"])  # blocks of this pass before the start
+        eos = self.tokenizer.eos_token_id
+        buf: list[int] = []
+        at: dict = {}  # the position of buf[0]
+        rows = iter(stream)
+        loaded = None if start is None else start["state"]
+        while self.max_blocks is None or made < self.max_blocks:
+            # before its first row a resumed stream reports its initial state, not the loaded
+            # one (datasets 5.2 prepares the iteration lazily): keep the loaded state there
+            state = loaded if loaded is not None else copy.deepcopy(stream.state_dict())
+            loaded = None
+            try:
+                item = next(rows)
+            except StopIteration:
+                break
+            index, row = row, row + 1
+            self.rows_read += 1
+            if is_held_out(index, self.fraction, self.seed):
+                continue
+            ids = self.tokenizer(
+                _text(self.source, item, self.text_field, index), add_special_tokens=False
+            )["input_ids"]
+            ids.append(eos)
+            pos, skip = skip, 0  # the resumed row: its first tokens were trained on
+            while pos < len(ids) and (self.max_blocks is None or made < self.max_blocks):
+                if not buf:
+                    at = {"state": state, "row": index, "skip": pos, "pass": self.pass_no}
+                    at["made"] = made
+                take = min(self.block_size - len(buf), len(ids) - pos)
+                buf.extend(ids[pos : pos + take])
+                pos += take
+                if len(buf) == self.block_size:
+                    self._remember(self.next_block, {**at, "block": self.next_block})
+                    block = torch.tensor(buf, dtype=torch.long)
+                    self.next_block += 1
+                    made += 1
+                    buf = []
+                    yield {"input_ids": block, "labels": block.clone()}
+        return made
+
+
+class StreamPositionCallback(TrainerCallback):
+    """Writes, into each checkpoint before it is marked complete, where the first block not
+    yet trained on starts (``global_step`` x the blocks one optimizer step takes)."""
+
+    def __init__(self, dataset: StreamedBlocks):
+        self.dataset = dataset
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return control
+        per_step = (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        )
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        position = self.dataset.position(state.global_step * per_step)
+        tmp = folder / (POSITION_FILE + ".tmp")
+        tmp.write_text(json.dumps(position))
+        tmp.replace(folder / POSITION_FILE)
+        return control
+
+
+def resume_position(checkpoint: Path) -> dict:
+    """The stream position saved with ``checkpoint``."""
+    path = Path(checkpoint) / POSITION_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{checkpoint}: no {POSITION_FILE} (the run was not streamed when it was saved); "
+            "pass --fresh to start it again, or unset data.streaming"
+        )
+    return json.loads(path.read_text())
