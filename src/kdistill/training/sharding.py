@@ -42,6 +42,9 @@ def _is_dtensor(param) -> bool:
     return isinstance(param, DTensor)
 
 
+_step_gathered: set[int] = set()  # ZeRO-3 parameters under gathered_for_step now
+
+
 @contextmanager
 def full_params(*params) -> Iterator[tuple]:
     """Yield ``params`` (None allowed) as full tensors for the duration of the block.
@@ -52,7 +55,14 @@ def full_params(*params) -> Iterator[tuple]:
     all-gather whose backward reduce-scatters the gradient into the shard); anything else as
     it is."""
     zero3 = [p for p in params if _partitioned(p)]
-    with _zero3_gather(zero3) if zero3 else nullcontext():
+    # DeepSpeed releases a parameter after the forward of a module that owns it (a tied head
+    # with the embedding) even inside the step's gather, and refuses a nested gather of it:
+    # fetch those again, the step's gather partitions them when it ends
+    again = [p for p in zero3 if id(p) in _step_gathered]
+    if again:
+        again[0].all_gather(param_list=again)
+    fresh = [p for p in zero3 if id(p) not in _step_gathered]
+    with _zero3_gather(fresh) if fresh else nullcontext():
         yield tuple(p.full_tensor() if _is_dtensor(p) else p for p in params)
 
 
@@ -63,7 +73,11 @@ def gathered_for_step(*params) -> Iterator[None]:
     anything else (FSDP2's ``full_tensor`` carries its gradient back itself)."""
     zero3 = [p for p in params if _partitioned(p)]
     with _zero3_gather(zero3) if zero3 else nullcontext():
-        yield
+        _step_gathered.update(id(p) for p in zero3)
+        try:
+            yield
+        finally:
+            _step_gathered.difference_update(id(p) for p in zero3)
 
 
 def _zero3_gather(params: list):
