@@ -17,8 +17,11 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def snapshot(spec: str, *, repo_type: str, allow_patterns: list[str]) -> Path:
-    """The local snapshot folder of ``org/name[@revision]`` (only ``allow_patterns`` files)."""
+def snapshot(
+    spec: str, *, repo_type: str, allow_patterns: list[str] | None, cached_only: bool = False
+) -> Path:
+    """The local snapshot folder of ``org/name[@revision]`` (only ``allow_patterns`` files;
+    ``cached_only``: from the cache, never the hub)."""
     from huggingface_hub import snapshot_download
 
     repo, _, revision = spec.partition("@")
@@ -29,7 +32,7 @@ def snapshot(spec: str, *, repo_type: str, allow_patterns: list[str]) -> Path:
             revision=revision or None,
             allow_patterns=allow_patterns,
             cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-            local_files_only=offline(),
+            local_files_only=cached_only or offline(),
         )
     )
 
@@ -45,17 +48,6 @@ def cached_snapshot(spec: str, *, repo_type: str) -> Path | None:
     """The cached snapshot folder of ``org/name[@revision]``, or None when the cache has
     none (nothing is downloaded)."""
     try:
-        from huggingface_hub import snapshot_download
-
-        repo, _, revision = spec.partition("@")
-        return Path(
-            snapshot_download(
-                repo,
-                repo_type=repo_type,
-                revision=revision or None,
-                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-                local_files_only=True,
-            )
-        )
+        return snapshot(spec, repo_type=repo_type, allow_patterns=None, cached_only=True)
     except Exception:  # not in the cache (LocalEntryNotFoundError and kin)
         return None

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from tests.integration.test_fsdp import REPO, _log, _overrides
+from tests.integration.test_fsdp import REPO, _overrides, assert_same_training, run_two_processes
 
 pytestmark = pytest.mark.integration
 
@@ -62,25 +59,8 @@ def test_zero3_two_processes_match_one_process(tiny_teacher_dir, tiny_text_file,
             "training.extra": f"{{optim: sgd, deepspeed: {config}}}",
         },
     )
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), demo, *sharded],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-3000:]
+    run_two_processes(script, [demo, *sharded], env, tmp_path)
     for rank in (0, 1):  # the head was a partitioned ZeRO-3 parameter, gathered every step
         seen = json.loads((tmp_path / f"seen-{rank}.json").read_text())
         assert seen["zero3_gathers"] == 3, seen
-    l1, l2 = _log(one), _log(two)
-    assert len(l1) == len(l2) == 3
-    for a, b in zip(l1, l2):
-        assert a["epoch"] == b["epoch"]
-        for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), key
-    w1 = load_file(str(one / "model" / "model.safetensors"))
-    w2 = load_file(str(two / "model" / "model.safetensors"))
-    assert sorted(w1) == sorted(w2)
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    assert_same_training(one, two)

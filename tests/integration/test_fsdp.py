@@ -61,6 +61,34 @@ def _overrides(teacher, data, out, **extra) -> list[str]:
     )
 
 
+def run_two_processes(script: Path, args: list[str], env: dict, cwd: Path) -> None:
+    """``script args`` under torchrun in 2 processes; its stderr shown if it fails."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-3000:]
+
+
+def assert_same_training(one: Path, two: Path, steps: int = 3) -> None:
+    """Two runs at the same global batch: the same losses and gradient norms (1e-4
+    relative) and final weights (1e-5)."""
+    l1, l2 = _log(one), _log(two)
+    assert len(l1) == len(l2) == steps
+    for a, b in zip(l1, l2):
+        assert a["epoch"] == b["epoch"]  # the same global batch
+        for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    w1 = load_file(str(one / "model" / "model.safetensors"))
+    w2 = load_file(str(two / "model" / "model.safetensors"))
+    assert sorted(w1) == sorted(w2)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+
+
 def _log(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "kd_log.jsonl").read_text().splitlines()]
 
@@ -92,30 +120,13 @@ def test_fsdp2_two_processes_match_one_process(tiny_teacher_dir, tiny_chat_file,
         two,
         **{"training.per_device_batch_size": 2, "training.fsdp": fsdp},
     )
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), demo, *sharded],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-3000:]
+    run_two_processes(script, [demo, *sharded], env, tmp_path)
     for rank in (0, 1):
         seen = json.loads((tmp_path / f"seen-{rank}.json").read_text())
         # the sharded teacher's head is freed after its forward, so the loss gathers it (a
         # DTensor) on every rank, every step
         assert seen["dtensor_reads"] >= 3, seen
-    l1, l2 = _log(one), _log(two)
-    assert len(l1) == len(l2) == 3
-    for a, b in zip(l1, l2):
-        assert a["epoch"] == b["epoch"]  # the same global batch
-        for key in ("loss", "soft_loss", "hard_loss", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), key
-    w1 = load_file(str(one / "model" / "model.safetensors"))
-    w2 = load_file(str(two / "model" / "model.safetensors"))
-    assert sorted(w1) == sorted(w2)
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    assert_same_training(one, two)
     summary = json.loads((two / "train_summary.json").read_text())
     assert summary["fsdp"] == {"enabled": True, "teacher": teacher_mode}
 

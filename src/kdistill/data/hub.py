@@ -39,20 +39,25 @@ def dataset_folder(source: str) -> Path:
         ) from exc
 
 
-def dataset_rows(source: str, *, subset: str | None = None, split: str = "train") -> list[dict]:
-    """The rows of one split (of one subset) of hub data set ``source``, read by ``datasets``
-    from the cached snapshot."""
+def load_split(source: str, where: str, *, subset: str | None, split: str, **kwargs):
+    """``datasets.load_dataset`` of one split (of one subset) from ``where`` (a snapshot
+    folder or a hub id); a subset or split the set lacks is one line naming it."""
     import datasets
 
-    folder = dataset_folder(source)
     try:
-        ds = datasets.load_dataset(str(folder), name=subset, split=split)
+        return datasets.load_dataset(where, name=subset, split=split, **kwargs)
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise InputError(
             f"data source {source!r} (subset {subset!r}, split {split!r}): {first}; set "
             "data.subset / data.split to ones the data set has"
         ) from exc
+
+
+def dataset_rows(source: str, *, subset: str | None = None, split: str = "train") -> list[dict]:
+    """The rows of one split (of one subset) of hub data set ``source``, read by ``datasets``
+    from the cached snapshot."""
+    ds = load_split(source, str(dataset_folder(source)), subset=subset, split=split)
     if len(ds) == 0:
         raise InputError(f"data source {source!r}: split {split!r} has no rows")
     return list(ds)

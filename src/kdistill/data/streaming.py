@@ -40,8 +40,7 @@ _KEEP_POSITIONS = 8192  # block starts remembered (well beyond the data loader's
 def open_stream(source: str, *, subset: str | None = None, split: str = "train"):
     """A ``datasets.IterableDataset`` over one split of hub data set ``source``: the cached
     snapshot when there is one, else the hub (never a download of the whole set)."""
-    import datasets
-
+    from kdistill.data.hub import load_split
     from kdistill.hub_cache import cached_snapshot, offline
 
     repo, _, revision = source.partition("@")
@@ -54,14 +53,7 @@ def open_stream(source: str, *, subset: str | None = None, split: str = "train")
         )
     where = str(folder) if folder is not None else repo
     extra = {} if folder is not None else {"revision": revision or None}
-    try:
-        return datasets.load_dataset(where, name=subset, split=split, streaming=True, **extra)
-    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(
-            f"data source {source!r} (subset {subset!r}, split {split!r}): {first}; set "
-            "data.subset / data.split to ones the data set has"
-        ) from exc
+    return load_split(source, where, subset=subset, split=split, streaming=True, **extra)
 
 
 def _text(source: str, row: dict, text_field: str, index: int) -> str:
