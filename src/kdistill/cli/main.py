@@ -6,7 +6,6 @@ returns 2. Set ``KDISTILL_DEBUG=1`` to see the full traceback instead.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,15 @@ from typing import Annotated
 import typer
 
 from kdistill import __version__
+from kdistill.cli.errors import cli_exception, close_progress_bars, error_line, quiet_third_party
+from kdistill.cli.eval_cmd import eval_
+from kdistill.cli.options import (
+    DEVICE_HELP,
+    AllowTeacherOpt,
+    ConfigArg,
+    FreshOpt,
+    OverridesArg,
+)
 from kdistill.log import say
 
 app = typer.Typer(
@@ -24,26 +32,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-ConfigArg = Annotated[Path, typer.Argument(help="YAML run config (see src/kdistill/configs/)")]
-OverridesArg = Annotated[
-    list[str] | None, typer.Argument(help="dotted overrides, e.g. training.max_steps=50")
-]
-FreshOpt = Annotated[
-    bool,
-    typer.Option(
-        "--fresh",
-        help="delete what kdistill wrote in the run folder (never other files) and start over",
-    ),
-]
-AllowTeacherOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-teacher-change",
-        help="use stored signals or generations made by another teacher than the config's",
-    ),
-]
-DEVICE_HELP = "where the models run: auto (a CUDA GPU, else MPS, else CPU), cpu, cuda[:N], mps"
 
 
 def _version(value: bool):
@@ -207,126 +195,7 @@ def generate(
     run_generate(load_config(config, overrides or []), allow_teacher_change=allow_teacher_change)
 
 
-@app.command("eval")
-def eval_(
-    model: Annotated[
-        list[str],
-        typer.Option(
-            "--model",
-            help="NAME=SPEC (bundled name, .gguf, HF folder or trained classifier folder); "
-            "repeatable",
-        ),
-    ],
-    teacher: Annotated[str, typer.Option(help="the reference model (agreement, KL)")] = (
-        "smollm2-135m"
-    ),
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="LMs: kjv (default) or a .txt/.jsonl/.parquet file; "
-            "classifiers: fashion-mnist (default)"
-        ),
-    ] = None,
-    subset: Annotated[
-        str | None, typer.Option(help="hub data sets: the subset, as the run's data.subset")
-    ] = None,
-    split: Annotated[str, typer.Option(help="hub data sets: the split, as data.split")] = "train",
-    streaming: Annotated[
-        bool, typer.Option(help="hub data sets: read the held-out rows as a stream")
-    ] = False,
-    block_size: Annotated[int, typer.Option(min=8)] = 256,
-    held_out_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
-    max_eval_tokens: Annotated[
-        int, typer.Option(min=1, help="held-out tokens (LMs) or test images (classifiers)")
-    ] = 8192,
-    seed: Annotated[int, typer.Option(help="which classifier test images are drawn")] = 0,
-    out: Annotated[Path, typer.Option(help="results JSON to write")] = Path(
-        "runs/eval/results.json"
-    ),
-    baseline: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--baseline",
-            help="STUDENT=BASELINE: the same-size model trained without the teacher that "
-            "STUDENT is compared with; repeatable (default: student=baseline)",
-        ),
-    ] = None,
-    role: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--role",
-            help="NAME=ROLE (student, baseline, assistant, variant); repeatable",
-        ),
-    ] = None,
-    speed_budget: Annotated[
-        float,
-        typer.Option(
-            min=1.0,
-            help="seconds for the interleaved speed rounds (at least 3 rounds each)",
-        ),
-    ] = 30.0,
-    own_samples: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="LMs: held-out prompts each model samples from (0 = off); the teacher scores "
-            "the samples: reverse KL, greedy agreement, entropy, distinct-2, length",
-        ),
-    ] = 0,
-    own_max_new_tokens: Annotated[
-        int, typer.Option(min=1, help="tokens sampled per prompt for --own-samples")
-    ] = 32,
-    own_prompt_tokens: Annotated[
-        int, typer.Option(min=1, help="prompt length (tokens of a held-out block)")
-    ] = 32,
-    own_sampling_temperature: Annotated[
-        float, typer.Option(min=0.0, help="sampling temperature for --own-samples")
-    ] = 1.0,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-):
-    """Evaluate the teacher and models on the held-out split (same split as training), all
-    in one run: perplexity or accuracy, KL to the teacher, top-1 agreement, ECE, size,
-    latency p50/p95, tokens/s, peak memory; optionally metrics on each LM's own samples."""
-    from kdistill.pipeline.evaluate import run_eval
-
-    run_eval(
-        teacher,
-        _pairs(model, "--model", "NAME=SPEC, e.g. student=runs/x/model"),
-        data,
-        block_size,
-        held_out_fraction,
-        max_eval_tokens,
-        out,
-        seed=seed,
-        baselines=_pairs(baseline or [], "--baseline", "STUDENT=BASELINE"),
-        roles=_pairs(role or [], "--role", "NAME=ROLE"),
-        speed_budget_s=speed_budget,
-        own_samples=None
-        if not own_samples
-        else {
-            "prompts": own_samples,
-            "prompt_tokens": own_prompt_tokens,
-            "max_new_tokens": own_max_new_tokens,
-            "sampling_temperature": own_sampling_temperature,
-            "seed": seed,
-        },
-        device=device,
-        source_parts={
-            "subset": subset,
-            "split": split,
-            **({"streaming": True} if streaming else {}),
-        },
-    )
-
-
-def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise typer.BadParameter(f"{option} {item!r}: use {form}")
-        out[key] = value
-    return out
+app.command("eval")(eval_)
 
 
 @app.command()
@@ -425,50 +294,6 @@ def demo(
     run_demo(str(output_dir), max_steps, fresh=fresh, overrides=overrides or [])
 
 
-def _cli_exception(exc: BaseException, name: str) -> bool:
-    """``exc`` is click's (or typer's vendored copy of click's) exception class ``name``.
-
-    typer >= 0.29 raises its own copies of click's exceptions, older typer raises click's;
-    both are recognised by class name and home package, so neither version needs a pin."""
-    return any(
-        c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer")
-        for c in type(exc).__mro__
-    )
-
-
-def _quiet_third_party() -> None:
-    """Silence library warnings and info logs so that an error line is not lost among them
-    (kdistill's own progress bars and training bars stay)."""
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # weight-loading bars (transformers reads this when imported; training bars stay)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module=r"(?!kdistill)")
-
-
-def _close_progress_bars() -> None:
-    """End any progress bar a failure interrupted, so the error starts on its own line."""
-    tqdm_mod = sys.modules.get("tqdm")
-    if tqdm_mod is None:
-        return
-    for bar in list(getattr(tqdm_mod.tqdm, "_instances", ())):
-        with contextlib.suppress(Exception):
-            bar.close()
-
-
-def _error_line(text: str) -> int:
-    _close_progress_bars()
-    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    sys.stderr.write(f"kdistill: error: {line}\n")
-    sys.stderr.flush()
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 user error, 128+N stopped by signal N).
 
@@ -478,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdistill.errors import KdistillError, Preempted
     from kdistill.files import is_environment_error, output_error
 
-    _quiet_third_party()
+    quiet_third_party()
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -487,24 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     except KdistillError as exc:
         if os.environ.get("KDISTILL_DEBUG"):
             raise
-        return _error_line(str(exc) or type(exc).__name__)
+        return error_line(str(exc) or type(exc).__name__)
     except Preempted as exc:
-        _close_progress_bars()
+        close_progress_bars()
         print(f"kdistill: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except Exception as exc:
-        if _cli_exception(exc, "Exit"):
+        if cli_exception(exc, "Exit"):
             return exc.exit_code
-        if _cli_exception(exc, "Abort"):
+        if cli_exception(exc, "Abort"):
             print("kdistill: aborted", file=sys.stderr)
             return 130
-        if _cli_exception(exc, "NoArgsIsHelpError"):
+        if cli_exception(exc, "NoArgsIsHelpError"):
             print(exc.format_message())
             return 2
-        if _cli_exception(exc, "ClickException"):
-            return _error_line(exc.format_message())
+        if cli_exception(exc, "ClickException"):
+            return error_line(exc.format_message())
         if is_environment_error(exc) and not os.environ.get("KDISTILL_DEBUG"):
-            return _error_line(str(output_error(exc)))
+            return error_line(str(output_error(exc)))
         raise
 
 

@@ -18,6 +18,7 @@ import torch
 
 from kdistill.data.completions import generation_datasets
 from kdistill.data.examples import IGNORE_INDEX, BlockDataset, chat_example
+from kdistill.data.holdout import check_fraction, is_held_out
 from kdistill.errors import InputError, MissingFileError
 
 
@@ -234,16 +235,6 @@ def iter_generation_records(source: str) -> Iterator[dict]:
         yield _check_generation(path.name, n, row)
     if n == 0:
         raise InputError(f"{path}: no records (the file is empty); add data")
-
-
-def is_held_out(index: int, fraction: float, seed: int = 0) -> bool:
-    """Whether record ``index`` is held out: a hash of (seed, index), the same every run."""
-    return int(hashlib.sha1(f"{seed}:{index}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
-
-
-def check_fraction(fraction: float) -> None:
-    if not 0 < fraction < 1:
-        raise InputError(f"data.held_out_fraction must be in (0, 1), got {fraction}")
 
 
 def split_held_out(records: list, fraction: float, seed: int = 0) -> tuple[list, list]:

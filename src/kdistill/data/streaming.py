@@ -94,7 +94,7 @@ def held_out_stream(
     max_chars: int,
 ) -> list[str]:
     """The held-out rows' texts in stream order, read until ``max_chars`` characters."""
-    from kdistill.data.lm import is_held_out
+    from kdistill.data.holdout import is_held_out
 
     out, total = [], 0
     for i, row in enumerate(open_stream(source, subset=subset, split=split)):
@@ -187,7 +187,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 
     def _one_pass(self, start: dict | None):
         """One pass over the stream (from ``start`` when resuming); returns blocks made."""
-        from kdistill.data.lm import is_held_out
+        from kdistill.data.holdout import is_held_out
 
         stream = open_stream(self.source, subset=self.subset, split=self.split)
         row, skip, made = 0, 0, 0
