@@ -6,11 +6,13 @@ naming the key's path and the nearest valid name.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from kdistill.config.base import Strict
+from kdistill.config.offline_specs import CacheSpec, FilterSpec, GenerateSpec  # noqa: F401
+from kdistill.config.student_specs import LoraSpec, ModelSpec, StudentFromTeacher  # noqa: F401
 from kdistill.config.teacher_specs import (  # noqa: F401  (the teacher kinds, re-exported)
     TEACHER_SPECS,
     AlignedTeacherSpec,
@@ -24,7 +26,6 @@ from kdistill.config.teacher_specs import (  # noqa: F401  (the teacher kinds, r
     teacher_spec,
 )
 from kdistill.schedules import as_schedule
-from kdistill.teachers import DEFAULT_MAX_NEW_TOKENS
 
 
 class ScheduleSpec(Strict):
@@ -44,94 +45,6 @@ class ScheduleSpec(Strict):
 
 
 Scalar = float | ScheduleSpec
-
-
-class StudentFromTeacher(Strict):
-    """Build the student from the teacher's own weights: kept layers (every k-th, a list, or the
-    most important), optionally narrower, sliced by importance (Minitron-style)."""
-
-    model: str | None = Field(
-        None,
-        description="the model to cut the student from (default: teacher.model); named on "
-        "its own so a store, recorded or no-teacher run can still cut a student",
-    )
-
-    keep_layers: list[int] | None = Field(None, description="teacher layer indices to keep")
-    every: int | None = Field(None, ge=1, description="keep every k-th layer (and the last)")
-    layers: int | None = Field(
-        None, ge=1, description="keep this many layers, the most important by depth_metric"
-    )
-    depth_metric: Literal["block_influence", "skip_kl"] = Field(
-        "block_influence",
-        description="layer ranking for `layers`: block_influence (1 - cos between a block's "
-        "input and output) or skip_kl (KL to the full model with the block skipped; one "
-        "forward per layer)",
-    )
-    hidden_size: int | None = Field(
-        None, ge=8, description="narrower residual stream: the most important embedding channels"
-    )
-    intermediate_size: int | None = Field(
-        None, ge=8, description="narrower MLP: the most important neurons of each kept layer"
-    )
-    num_key_value_heads: int | None = Field(
-        None, ge=1, description="fewer attention heads: the most important KV groups per layer"
-    )
-    calibration_blocks: int = Field(
-        16, ge=1, description="training blocks the importance scores are measured on"
-    )
-    tokenizer_vocab: int | None = Field(
-        None,
-        ge=300,
-        description="give the student its own byte-level BPE tokenizer of this many ids, "
-        "trained on the training split only; its embeddings start from the source's rows "
-        "of the same strings. Distil it with teacher.kind=aligned (e.g. 8192)",
-    )
-
-    @model_validator(mode="after")
-    def _one_choice(self):
-        if sum(x is not None for x in (self.keep_layers, self.every, self.layers)) != 1:
-            raise ValueError("give exactly one of keep_layers, every or layers")
-        return self
-
-
-class LoraSpec(Strict):
-    """LoRA adapters on the student (Hu et al. 2021), through peft."""
-
-    r: int = Field(16, ge=1, description="adapter rank")
-    alpha: float = Field(32.0, gt=0, description="scaling numerator (lora_alpha)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: str | list[str] = Field(
-        "all-linear",
-        description="modules that get adapters: all-linear (every linear layer but the output "
-        "head) or a list of module names (e.g. [q_proj, v_proj])",
-    )
-
-
-class ModelSpec(Strict):
-    model: str | None = Field(
-        None,
-        description="bundled name (smollm2-135m, gemma3-270m), a .gguf file, a local HF folder "
-        "or a hub id (org/name[@revision], through the Hugging Face cache); "
-        "for classifiers an architecture (cnn, mlp) or a trained run's model folder",
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
-    from_teacher: StudentFromTeacher | None = Field(
-        None, description="student only: derive from the teacher's layers"
-    )
-    lora: LoraSpec | None = Field(
-        None,
-        description="student only: train LoRA adapters (peft) on a frozen student; the run "
-        "saves the merged student (model/) and the adapter (adapter/)",
-    )
-    hidden: list[int] = Field(
-        default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
-    )
-    channels: list[int] = Field(
-        default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
-    )
-    dropout: float = Field(
-        0.0, ge=0, lt=1, description="classifier: dropout on each hidden layer while training"
-    )
 
 
 class DataSpec(Strict):
@@ -372,74 +285,6 @@ class TrainingSpec(Strict):
         "the full-logit one, benchmarks/README.md); not measured on GPU",
     )
     extra: dict = Field(default_factory=dict, description="passed to TrainingArguments as is")
-
-
-class CacheSpec(Strict):
-    """`kdistill cache`: run the teacher once over the training data, store sparse targets."""
-
-    dir: str = Field("runs/cache", description="store folder (manifest.json + shards)")
-    method: Literal["topk", "sampled"] = Field(
-        "sampled", description="topk: k most likely ids + tail; sampled: n draws (unbiased)"
-    )
-    k: int = Field(16, ge=1, le=255, description="topk: ids kept per position")
-    n: int = Field(24, ge=1, le=255, description="sampled: draws per position")
-    top_p: float | None = Field(None, gt=0, le=1, description="topk: stop once mass >= top_p")
-    values: Literal["logprob8", "logprob16", "count8"] | None = Field(
-        None, description="value encoding; default count8 (sampled) / logprob8 (topk)"
-    )
-    cache_temperature: float = Field(1.0, gt=0, description="teacher softmax temperature")
-    shard_blocks: int = Field(64, ge=1, description="blocks per shard file")
-    batch_size: int = Field(4, ge=1, description="teacher forward batch size")
-
-    def value_kind(self) -> str:
-        return self.values or ("count8" if self.method == "sampled" else "logprob8")
-
-
-class FilterSpec(Strict):
-    """Filters applied to generations, in this order; counts are reported per filter."""
-
-    min_chars: int = Field(1, ge=0, description="drop completions shorter than this")
-    max_chars: int | None = Field(None, ge=1, description="drop completions longer than this")
-    dedup: bool = Field(True, description="drop repeated completions of the same prompt")
-    verify: bool = Field(False, description="check the final answer against `answer`")
-    answer_regex: str | None = Field(None, description="regex; group 1 is the final answer")
-    answer_checker: str | None = Field(None, description="python module:function(final, ref)")
-    require_think: bool = Field(False, description="drop samples without <think>...</think>")
-    best_of_n: bool = Field(False, description="keep one per prompt: verified, then log-prob")
-
-
-class GenerateSpec(Strict):
-    """`kdistill generate`: the teacher writes completions for a prompt set."""
-
-    prompts: str = Field(
-        "prompts.jsonl", description="JSONL/Parquet: prompt or messages [+id, answer]"
-    )
-    output_dir: str = Field("runs/generations", description="generations.jsonl, kept.jsonl")
-    backend: Literal["local", "openai"] = Field("local", description="local model or HTTP API")
-    base_url: str = Field("http://127.0.0.1:8080", description="OpenAI-compatible server")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
-    model: str = Field("teacher", description="model name sent to the server")
-    mode: Literal["chat", "completions"] = Field("chat", description="which endpoint")
-    n: int = Field(1, ge=1, description="samples per prompt")
-    sampling_temperature: float = Field(0.7, ge=0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    max_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="max new tokens per sample")
-    stop: list[str] = Field(default_factory=list, description="stop strings")
-    system_prompt: str | None = Field(None, description="prepended system message")
-    top_logprobs: int = Field(0, ge=0, le=20, description="per-token top logprobs to keep")
-    extra_body: dict[str, Any] = Field(
-        default_factory=dict,
-        description="extra request fields, e.g. {repeat_penalty: 1.0} for llama.cpp greedy",
-    )
-    max_concurrency: int = Field(8, ge=1, description="requests in flight")
-    batch_size: int = Field(8, ge=1, description="local backend: sequences per generate call")
-    rate_limit_per_s: float | None = Field(None, gt=0, description="max request starts/s")
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
-    max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts")
-    backoff_base_s: float = Field(0.5, gt=0, description="exponential backoff base")
-    cost_per_1k_prompt_tokens: float = Field(0.0, ge=0, description="for cost accounting")
-    cost_per_1k_completion_tokens: float = Field(0.0, ge=0, description="for cost accounting")
-    filters: FilterSpec = Field(default_factory=FilterSpec)
 
 
 class RunConfig(Strict):
