@@ -73,6 +73,14 @@ def test_resume_starts_at_the_saved_position_without_re_reading(streamed, tiny_t
         pos = resumed.position(end - 1)
         again, _ = build_lm_datasets(tiny_tokenizer, streamed, start=pos, **kw)
         assert _blocks(again, 1)[0].equal(ref[end - 1]), k  # a resumed run's positions resume
+    # the next block's start is known as soon as a block is handed out (a checkpoint may be
+    # saved before the data loader asks for the next one)
+    live, _ = build_lm_datasets(tiny_tokenizer, streamed, **kw)
+    blocks = iter(live)
+    for k in range(n + 3):
+        next(blocks)
+        early, _ = build_lm_datasets(tiny_tokenizer, streamed, start=live.position(k + 1), **kw)
+        assert _blocks(early, 1)[0].equal(ref[k + 1]), k
     # a stream resumed in its last shard reads only the rows from its start row on
     late = whole.position(n - 1)
     resumed, _ = build_lm_datasets(tiny_tokenizer, streamed, start=late, **kw)

@@ -231,6 +231,21 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
                     self.next_block += 1
                     made += 1
                     buf = []
+                    # where the next block will start, known before it is made (a checkpoint
+                    # may be saved while the data loader has not asked for it yet): here in
+                    # this row, else before the next row (held-out rows in between are skipped)
+                    rest = pos < len(ids)
+                    self._remember(
+                        self.next_block,
+                        {
+                            "state": state if rest else copy.deepcopy(stream.state_dict()),
+                            "row": index if rest else index + 1,
+                            "skip": pos if rest else 0,
+                            "pass": self.pass_no,
+                            "made": made,
+                            "block": self.next_block,
+                        },
+                    )
                     yield {"input_ids": block, "labels": block.clone()}
         return made
 
