@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,31 @@ def test_an_uncached_id_online_streams_from_the_hub_without_downloading(hub_cach
     assert calls == [
         (("org/big-set",), {"name": "en", "split": "train", "streaming": True, "revision": "v2"})
     ]
+
+
+def test_two_processes_stream_the_same_global_batches_as_one(streamed, tiny_teacher_dir, tmp_path):
+    """DDP over a stream: rank 0 reads and hands each rank its share (Accelerate's dispatch
+    for an iterable data set), so 2 processes at batch 2 train on the blocks 1 process at
+    batch 4 trains on; each checkpoint's stream position counts both ranks' blocks."""
+    from tests.integration.test_fsdp import SCRIPT, assert_same_training, run_two_processes
+
+    extra = {"data.source": streamed, "data.streaming": "true", "training.max_steps": 3}
+    extra |= {"training.save_steps": 3, "training.extra": "{optim: sgd}"}
+    extra |= {"training.lr_scheduler": "constant", "training.learning_rate": 0.5}
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = tiny_overrides(tiny_teacher_dir, Path(streamed), one, **extra)
+    subprocess.run([sys.executable, str(script), DEMO, *single], check=True, env=env, cwd=tmp_path)
+    extra["training.per_device_batch_size"] = 2
+    run_two_processes(
+        script,
+        [DEMO, *tiny_overrides(tiny_teacher_dir, Path(streamed), two, **extra)],
+        env,
+        tmp_path,
+    )
+    assert_same_training(one, two)
+    position = json.loads((two / "checkpoints/checkpoint-3/stream_position.json").read_text())
+    assert position["block"] == 12  # 3 steps x 2 ranks x 2 blocks
