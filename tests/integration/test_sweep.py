@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "src/kdistill/configs/demo.yaml"
 
 
-def _spec(tmp_path: Path, teacher: Path, data: Path, **sweep) -> Path:
+def _spec(tmp_path: Path, teacher: Path, data: Path, base=(), **sweep) -> Path:
     over = tiny_overrides(teacher, data, tmp_path / "unused")
-    over += ["training.max_steps=2", "training.save_steps=2", "data.max_eval_tokens=64"]
+    over += ["training.max_steps=2", "training.save_steps=2", "data.max_eval_tokens=64", *base]
     save_config(load_config(DEMO, over), tmp_path / "base.yaml")
     body = {
         "config": "base.yaml",

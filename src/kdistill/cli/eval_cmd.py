@@ -38,6 +38,13 @@ def eval_(
     ] = False,
     block_size: Annotated[int, typer.Option(min=8)] = 256,
     held_out_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
+    validation_fraction: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="LMs: the run's data.validation_fraction"),
+    ] = 0.0,
+    part: Annotated[
+        str, typer.Option(help="LMs: score the held-out 'test' records or the 'validation' share")
+    ] = "test",
     max_eval_tokens: Annotated[
         int, typer.Option(min=1, help="held-out tokens (LMs) or test images (classifiers)")
     ] = 8192,
@@ -113,6 +120,8 @@ def eval_(
             "seed": seed,
         },
         device=device,
+        validation_fraction=validation_fraction,
+        part=part,
         source_parts={
             "subset": subset,
             "split": split,

@@ -96,6 +96,7 @@ def data_kwargs(cfg: RunConfig) -> dict:
     return {
         "block_size": d.block_size,
         "held_out_fraction": d.held_out_fraction,
+        "validation_fraction": d.validation_fraction,
         "text_field": d.text_field,
         **source_kwargs(cfg),
         "max_train_tokens": d.max_train_tokens,

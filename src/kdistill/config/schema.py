@@ -69,6 +69,14 @@ class DataSpec(Strict):
     )
     block_size: int = Field(256, ge=8, description="tokens per packed block / max chat length")
     held_out_fraction: float = Field(0.05, gt=0, lt=1, description="share of records held out")
+    validation_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="LM: share of the remaining records set aside by another hash, never "
+        "trained on, for choosing settings (sweeps report validation_* beside the held-out "
+        "figures; kdistill eval --part validation)",
+    )
     max_train_tokens: int | None = Field(None, ge=1, description="cap on training tokens")
     max_eval_tokens: int | None = Field(16384, ge=1, description="cap on held-out tokens")
     max_train_examples: int | None = Field(None, ge=1, description="classifier: cap on examples")

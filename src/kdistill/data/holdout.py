@@ -1,5 +1,6 @@
 """The held-out rule: record ``i`` is held out by a hash of ``(seed, i)``, the same every run
-and the same whether a set is listed or streamed."""
+and the same whether a set is listed or streamed. Of the rest, a validation share (for
+choosing settings without the held-out test records) is set aside by a second hash."""
 
 from __future__ import annotations
 
@@ -16,3 +17,21 @@ def is_held_out(index: int, fraction: float, seed: int = 0) -> bool:
 def check_fraction(fraction: float) -> None:
     if not 0 < fraction < 1:
         raise InputError(f"data.held_out_fraction must be in (0, 1), got {fraction}")
+
+
+PARTS = ("test", "validation")
+
+
+def is_validation(index: int, fraction: float, seed: int = 0) -> bool:
+    """Whether record ``index`` (not held out) is in the validation share: another hash."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha1(f"validation:{seed}:{index}".encode()).hexdigest()[:8]
+    return int(digest, 16) / 0xFFFFFFFF < fraction
+
+
+def part_of(index: int, held_out: float, seed: int = 0, validation: float = 0.0) -> str:
+    """``test`` (held out), ``validation`` or ``train`` for record ``index``."""
+    if is_held_out(index, held_out, seed):
+        return "test"
+    return "validation" if is_validation(index, validation, seed) else "train"

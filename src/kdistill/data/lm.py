@@ -18,7 +18,7 @@ import torch
 
 from kdistill.data.completions import generation_datasets
 from kdistill.data.examples import IGNORE_INDEX, BlockDataset, chat_example
-from kdistill.data.holdout import check_fraction, is_held_out
+from kdistill.data.holdout import check_fraction, part_of
 from kdistill.errors import InputError, MissingFileError
 
 
@@ -237,18 +237,27 @@ def iter_generation_records(source: str) -> Iterator[dict]:
         raise InputError(f"{path}: no records (the file is empty); add data")
 
 
-def split_held_out(records: list, fraction: float, seed: int = 0) -> tuple[list, list]:
-    """Deterministic split by a hash of (seed, index): the same records every run."""
+def split_held_out(
+    records: list, fraction: float, seed: int = 0, validation: float = 0.0, part: str = "test"
+) -> tuple[list, list]:
+    """(training records, ``part`` records): held out by a hash of (seed, index), the same
+    records every run; ``validation`` > 0 sets that share of the rest aside (never trained
+    on) as the ``validation`` part."""
     check_fraction(fraction)
-    train, held = [], []
+    train, chosen = [], []
     for i, rec in enumerate(records):
-        (held if is_held_out(i, fraction, seed) else train).append(rec)
-    if not train or not held:
+        where = part_of(i, fraction, seed, validation)
+        if where == "train":
+            train.append(rec)
+        elif where == part:
+            chosen.append(rec)
+    if not train or not chosen:
         raise InputError(
-            f"held-out split of {len(records)} records at fraction {fraction} left one side "
-            "empty; add data or change data.held_out_fraction"
+            f"the {part} split of {len(records)} records (held-out fraction {fraction}, "
+            f"validation fraction {validation}) left one side empty; add data or change "
+            "data.held_out_fraction / data.validation_fraction"
         )
-    return train, held
+    return train, chosen
 
 
 def pack_texts(tokenizer, texts: list[str], block_size: int, max_tokens: int | None = None):
@@ -334,6 +343,8 @@ def build_lm_datasets(
     max_train_tokens: int | None = None,
     max_eval_tokens: int | None = None,
     seed: int = 0,
+    validation_fraction: float = 0.0,
+    part: str = "test",
     subset: str | None = None,
     split: str = "train",
     streaming: bool = False,
@@ -346,7 +357,8 @@ def build_lm_datasets(
     if streaming:
         from kdistill.data.streaming import StreamedBlocks, held_out_stream
 
-        part = {"subset": subset, "split": split, "text_field": text_field, "seed": seed}
+        part_kw = {"subset": subset, "split": split, "text_field": text_field, "seed": seed}
+        part_kw["validation_fraction"] = validation_fraction
         train = StreamedBlocks(
             tokenizer,
             source,
@@ -354,18 +366,19 @@ def build_lm_datasets(
             held_out_fraction=held_out_fraction,
             max_train_tokens=max_train_tokens,
             start=start,
-            **part,
+            **part_kw,
         )
         eval_tokens = max_eval_tokens or 16384
         texts = held_out_stream(
             source,
             held_out_fraction=held_out_fraction,
             max_chars=8 * (eval_tokens + block_size),  # ample: ~4 characters a token
-            **part,
+            part=part,
+            **part_kw,
         )
         return train, BlockDataset(pack_texts(tokenizer, texts, block_size, eval_tokens))
     records = load_records(source, text_field, subset=subset, split=split)
-    train, held = split_held_out(records, held_out_fraction, seed)
+    train, held = split_held_out(records, held_out_fraction, seed, validation_fraction, part)
     if isinstance(records[0], dict):
         return generation_datasets(tokenizer, train, held, block_size)
     if isinstance(records[0], list):
@@ -394,6 +407,7 @@ def training_texts(
     *,
     held_out_fraction: float,
     seed: int = 0,
+    validation_fraction: float = 0.0,
     text_field: str = "text",
     subset: str | None = None,
     split: str = "train",
@@ -407,7 +421,7 @@ def training_texts(
             "tokenizer, a cross-tokenizer teacher's chats); unset data.streaming"
         )
     records = load_records(source, text_field, subset=subset, split=split)
-    train, _ = split_held_out(records, held_out_fraction, seed)
+    train, _ = split_held_out(records, held_out_fraction, seed, validation_fraction)
     return [t for t in (record_text(r) for r in train) if t.strip()]
 
 
@@ -416,6 +430,7 @@ def training_chats(
     *,
     held_out_fraction: float,
     seed: int = 0,
+    validation_fraction: float = 0.0,
     text_field: str = "text",
     subset: str | None = None,
     split: str = "train",
@@ -429,7 +444,7 @@ def training_chats(
             "tokenizer, a cross-tokenizer teacher's chats); unset data.streaming"
         )
     records = load_records(source, text_field, subset=subset, split=split)
-    train, _ = split_held_out(records, held_out_fraction, seed)
+    train, _ = split_held_out(records, held_out_fraction, seed, validation_fraction)
     if isinstance(train[0], list):
         return train
     if isinstance(train[0], dict) and all("messages" in r for r in train):
@@ -442,6 +457,8 @@ def held_out_texts(
     *,
     held_out_fraction: float,
     seed: int = 0,
+    validation_fraction: float = 0.0,
+    part: str = "test",
     text_field: str = "text",
     max_chars: int | None = None,
     subset: str | None = None,
@@ -462,9 +479,11 @@ def held_out_texts(
             subset=subset,
             split=split,
             max_chars=max_chars or 8000,
+            validation_fraction=validation_fraction,
+            part=part,
         )
     records = load_records(source, text_field, subset=subset, split=split)
-    _, held = split_held_out(records, held_out_fraction, seed)
+    _, held = split_held_out(records, held_out_fraction, seed, validation_fraction, part)
     out, total = [], 0
     for rec in held:
         text = record_text(rec)

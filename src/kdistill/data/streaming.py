@@ -6,7 +6,7 @@ never the whole set at once, so a set larger than the disk trains.
 ``HF_HUB_OFFLINE=1`` an uncached id is one line). kdistill then does what it does for a file:
 
 - **held-out split by hash**: row ``i`` of the stream is held out when the hash of
-  ``(seed, i)`` says so (:func:`kdistill.data.lm.is_held_out`, the same rule as for a file),
+  ``(seed, i)`` says so (:func:`kdistill.data.holdout.is_held_out`, the same rule as for a file),
   so the held-out rows are the same every run without ever listing the set;
 - **packing**: training rows' tokens, EOS after each, cut into ``block_size`` blocks;
 - **resume by position**: every block knows where it starts (the stream's own
@@ -92,13 +92,16 @@ def held_out_stream(
     subset: str | None = None,
     split: str = "train",
     max_chars: int,
+    validation_fraction: float = 0.0,
+    part: str = "test",
 ) -> list[str]:
-    """The held-out rows' texts in stream order, read until ``max_chars`` characters."""
-    from kdistill.data.holdout import is_held_out
+    """The held-out (``part``: test or validation) rows' texts in stream order, read until
+    ``max_chars`` characters."""
+    from kdistill.data.holdout import part_of
 
     out, total = [], 0
     for i, row in enumerate(open_stream(source, subset=subset, split=split)):
-        if not is_held_out(i, held_out_fraction, seed):
+        if part_of(i, held_out_fraction, seed, validation_fraction) != part:
             continue
         text = _text(source, row, text_field, i)
         if text.strip():
@@ -131,11 +134,13 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
         split: str = "train",
         max_train_tokens: int | None = None,
         start: dict | None = None,
+        validation_fraction: float = 0.0,
     ):
         self.tokenizer = tokenizer
         self.source, self.subset, self.split = source, subset, split
         self.block_size, self.text_field = block_size, text_field
         self.fraction, self.seed = held_out_fraction, seed
+        self.validation = validation_fraction
         self.max_blocks = (
             None if max_train_tokens is None else max(1, max_train_tokens // block_size)
         )
@@ -158,6 +163,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
             subset=self.subset,
             split=self.split,
             max_train_tokens=None if self.max_blocks is None else self.max_blocks * self.block_size,
+            validation_fraction=self.validation,
         )
 
     def _remember(self, block: int, position: dict) -> None:
@@ -187,7 +193,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 
     def _one_pass(self, start: dict | None):
         """One pass over the stream (from ``start`` when resuming); returns blocks made."""
-        from kdistill.data.holdout import is_held_out
+        from kdistill.data.holdout import part_of
 
         stream = open_stream(self.source, subset=self.subset, split=self.split)
         row, skip, made = 0, 0, 0
@@ -211,7 +217,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
                 break
             index, row = row, row + 1
             self.rows_read += 1
-            if is_held_out(index, self.fraction, self.seed):
+            if part_of(index, self.fraction, self.seed, self.validation) != "train":
                 continue
             ids = self.tokenizer(
                 _text(self.source, item, self.text_field, index), add_special_tokens=False

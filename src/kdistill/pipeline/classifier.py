@@ -25,6 +25,10 @@ def _check_source(cfg: RunConfig) -> None:
         "teacher.dtype=int8": cfg.teacher.dtype == "int8",
         "data.subset": cfg.data.subset is not None,
         "data.split": cfg.data.split != "train",
+        "data.streaming": cfg.data.streaming,
+        "data.validation_fraction (classifiers: data.validation_examples)": (
+            cfg.data.validation_fraction > 0
+        ),
     }
     used = [k for k, on in lm_only.items() if on]
     if used:

@@ -110,6 +110,7 @@ def _own_tokenizer(cfg: RunConfig, student, source_tok, vocab_size: int):
     texts = training_texts(
         d.source,
         held_out_fraction=d.held_out_fraction,
+        validation_fraction=d.validation_fraction,
         seed=cfg.seed,
         text_field=d.text_field,
         **builders.source_kwargs(cfg),
@@ -142,6 +143,7 @@ def _teacher(cfg: RunConfig, model, tok, train_ds, vocab: int, t_tok=None):
         chats = training_chats(
             d.source,
             held_out_fraction=d.held_out_fraction,
+            validation_fraction=d.validation_fraction,
             seed=cfg.seed,
             text_field=d.text_field,
             **builders.source_kwargs(cfg),

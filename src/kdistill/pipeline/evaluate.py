@@ -7,6 +7,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from kdistill.data.holdout import PARTS
 from kdistill.errors import InputError
 from kdistill.eval.derived import results_file
 from kdistill.eval.roles import EvalSetup, SetupError, build_setup
@@ -31,6 +32,8 @@ def run_eval(
     quality_only: bool = False,
     device: str = "auto",
     source_parts: dict | None = None,
+    validation_fraction: float = 0.0,
+    part: str = "test",
 ) -> dict:
     """Evaluate the teacher and ``specs`` side by side and write ``out``
     (``quality_only``: LMs get the teacher-forced figures alone, no speed or text extras).
@@ -40,6 +43,8 @@ def run_eval(
     ``baselines``: student -> the baseline it is compared with; ``roles``: name -> role;
     ``own_samples``: settings of the metrics on each LM's own samples (None: skipped);
     ``source_parts``: ``{subset, split}`` of a hub data set (``data.subset`` / ``data.split``).
+    ``part``: LMs are scored on the held-out ``test`` records or on the ``validation`` share
+    (``validation_fraction``, as the run's ``data.validation_fraction``).
     """
     parts = source_parts or {}
     if "teacher" in specs:
@@ -69,6 +74,11 @@ def run_eval(
             "--teacher and --model, e.g. --teacher runs/fmnist_teacher"
         )
     _check_lm_inputs(teacher_spec, specs, data or "kjv", out, parts)
+    if part not in PARTS or (part == "validation" and validation_fraction <= 0):
+        raise InputError(
+            f"--part {part!r}: give test, or validation with --validation-fraction above 0 "
+            "(the run's data.validation_fraction)"
+        )
     return _run_eval_lms(
         teacher_spec,
         specs,
@@ -82,7 +92,7 @@ def run_eval(
         own_samples,
         quality_only,
         device=device,
-        parts=parts,
+        parts={**parts, "validation_fraction": validation_fraction, "part": part},
     )
 
 

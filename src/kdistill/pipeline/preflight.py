@@ -164,6 +164,11 @@ def check_lm_combinations(cfg: RunConfig) -> None:
             "data.subset / data.split choose a part of a hub data set; a recorded teacher "
             "reads kdistill generate's kept.jsonl (unset them)"
         )
+    if cfg.teacher.kind == "recorded" and d.validation_fraction > 0:
+        raise InputError(
+            "data.validation_fraction with a recorded teacher: its store holds every training "
+            "record (not yet split for validation); unset data.validation_fraction"
+        )
     check_streaming(cfg)
     fsdp = cfg.training.fsdp
     if not fsdp.enabled:

@@ -118,19 +118,30 @@ def run_cell(base: Path, cell: Cell, cell_dir: Path, threads: int | None) -> dic
 
         run_dir = run_distill_lm(cfg)
         d = cfg.data
-        results = run_eval(
-            cfg.teacher.model,
-            {"student": str(run_dir / "model")},
-            d.source,
-            d.block_size,
-            d.held_out_fraction,
-            d.max_eval_tokens,
-            cell_dir / "eval.json",
-            seed=cfg.seed,
-            quality_only=True,
-            source_parts=builders.source_kwargs(cfg),
-            device=cfg.device,
-        )
+
+        def evaluate(part: str, name: str) -> dict:
+            return run_eval(
+                cfg.teacher.model,
+                {"student": str(run_dir / "model")},
+                d.source,
+                d.block_size,
+                d.held_out_fraction,
+                d.max_eval_tokens,
+                cell_dir / name,
+                seed=cfg.seed,
+                quality_only=True,
+                source_parts=builders.source_kwargs(cfg),
+                device=cfg.device,
+                validation_fraction=d.validation_fraction,
+                part=part,
+            )
+
+        results = evaluate("test", "eval.json")
+        if d.validation_fraction > 0:  # the figures settings are chosen on
+            for role, r in evaluate("validation", "eval_validation.json").items():
+                results.setdefault(role, {}).update(
+                    {f"validation_{k}": v for k, v in _numbers(r).items()}
+                )
     me = next(r for r in ("student", "baseline", "teacher") if r in results)
     out = {"cell": _numbers(results[me])}
     if me != "teacher" and "teacher" in results:
