@@ -40,7 +40,7 @@ def test_training_never_sees_the_validation_records(tmp_path):
     assert val and test and not set(val) & trained and not set(val) & set(test)
 
 
-def test_eval_scores_the_validation_part_and_refuses_it_without_a_share(
+def test_eval_scores_the_seeds_test_or_validation_part(
     tiny_teacher_dir, tiny_text_file, tmp_path
 ):
     from kdistill.errors import InputError
@@ -51,6 +51,9 @@ def test_eval_scores_the_validation_part_and_refuses_it_without_a_share(
     test = run_eval(*args, 64, tmp_path / "t.json", **kw)["teacher"]
     val = run_eval(*args, 64, tmp_path / "v.json", part="validation", **kw)["teacher"]
     assert val["eval_tokens"] > 0 and val["perplexity"] != test["perplexity"]
+    # the run's seed chooses its held-out split: another seed, other records
+    other = run_eval(*args, 64, tmp_path / "s.json", seed=5, **kw)["teacher"]
+    assert other["perplexity"] != test["perplexity"]
     with pytest.raises(InputError, match="--part 'validation'"):
         run_eval(*args, 64, tmp_path / "x.json", quality_only=True, part="validation")
     assert not (tmp_path / "x.json").exists()

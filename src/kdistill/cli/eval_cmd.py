@@ -48,7 +48,13 @@ def eval_(
     max_eval_tokens: Annotated[
         int, typer.Option(min=1, help="held-out tokens (LMs) or test images (classifiers)")
     ] = 8192,
-    seed: Annotated[int, typer.Option(help="which classifier test images are drawn")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="the run's seed: LMs are scored on its held-out split (the config's seed), "
+            "classifiers draw their test images with it"
+        ),
+    ] = 0,
     out: Annotated[Path, typer.Option(help="results JSON to write")] = Path(
         "runs/eval/results.json"
     ),

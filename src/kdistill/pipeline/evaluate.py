@@ -93,6 +93,7 @@ def run_eval(
         quality_only,
         device=device,
         parts={**parts, "validation_fraction": validation_fraction, "part": part},
+        seed=seed,
     )
 
 
@@ -169,6 +170,7 @@ def _run_eval_lms(
     *,
     device: str = "auto",
     parts: dict | None = None,
+    seed: int = 0,
 ) -> dict:
     from kdistill.data.lm import CausalCollator, build_lm_datasets
     from kdistill.eval.lm_runner import evaluate_lms
@@ -192,6 +194,7 @@ def _run_eval_lms(
         held_out_fraction=held_out_fraction,
         max_eval_tokens=max_eval_tokens,
         max_train_tokens=block_size,
+        seed=seed,
         **(parts or {}),
     )
     results = evaluate_lms(
@@ -204,7 +207,7 @@ def _run_eval_lms(
         **(
             {}
             if quality_only
-            else text_inputs(data, held_out_fraction, max_eval_tokens, parts=parts)
+            else text_inputs(data, held_out_fraction, max_eval_tokens, seed, parts=parts)
         ),
         tokenizers=toks,
         window=block_size,
