@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kdistill.data.lm import build_lm_datasets, held_out_texts, load_records
+from kdistill.errors import InputError
 from tests.conftest import TINY_TEXT, distill_then_resume, read_log, same_weights, tiny_overrides
 from tests.integration.test_hub import COMMIT, DEMO, hub_cache  # noqa: F401
 
@@ -32,6 +33,8 @@ def streamed(hub_cache):  # noqa: F811
     snap.mkdir(parents=True)
     for s in range(3):
         rows = ROWS[16 * s : 16 * (s + 1)]
+        if s == 1:  # empty and null rows are not records, listed or streamed
+            rows = [*rows[:5], "", *rows[5:9], None, *rows[9:]]
         pq.write_table(
             pa.table({"text": rows}), snap / f"train-0000{s}-of-00003.parquet", row_group_size=4
         )
@@ -101,6 +104,11 @@ def test_distill_streams_and_resumes_bit_identically(streamed, tiny_teacher_dir,
     assert position["block"] == 12  # 3 steps x 4 blocks
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-3") and summary["train_blocks"] is None
+    from kdistill.data.streaming import resume_position
+
+    assert resume_position(run / "checkpoints/checkpoint-3", 4)["row"] == position["row"]
+    with pytest.raises(InputError, match="saved at 4 blocks a step"):  # other batch settings
+        resume_position(run / "checkpoints/checkpoint-3", 8)
 
 
 @pytest.mark.parametrize(

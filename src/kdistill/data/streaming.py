@@ -56,16 +56,33 @@ def open_stream(source: str, *, subset: str | None = None, split: str = "train")
     return load_split(source, where, subset=subset, split=split, streaming=True, **extra)
 
 
-def _text(source: str, row: dict, text_field: str, index: int) -> str:
-    value = row.get(text_field)
-    if not isinstance(value, str):
+def _text(source: str, row: dict, text_field: str, index: int) -> str | None:
+    """A row's text, or None for an empty or null one (skipped, and not counted: rows are
+    numbered as a listed set numbers its records)."""
+    if text_field not in row:
         cols = ", ".join(sorted(row)) or "none"
         raise InputError(
             f"data source {source!r} row {index}: a streamed data set is read as plain text "
             f"from column {text_field!r} (columns: {cols}); set data.text_field, or unset "
             "data.streaming for chats and generations"
         )
-    return value
+    value = row[text_field]
+    if value is not None and not isinstance(value, str):
+        raise InputError(
+            f"data source {source!r} row {index}: {text_field!r} must be text, got "
+            f"{value!r:.40}; set data.text_field to a text column"
+        )
+    return value or None
+
+
+def _texts(source: str, stream, text_field: str) -> Iterator[tuple[int, str]]:
+    """(record index, text) of every row with text, numbered as a listed set would be."""
+    index = 0
+    for raw, row in enumerate(stream):
+        text = _text(source, row, text_field, raw)
+        if text is not None:
+            yield index, text
+            index += 1
 
 
 def check_stream(
@@ -74,12 +91,15 @@ def check_stream(
     """The first rows' texts (up to 8), checked: what a run validates before any model
     loads, without reading the set."""
     texts = []
-    for i, row in enumerate(open_stream(source, subset=subset, split=split)):
-        texts.append(_text(source, row, text_field, i))
+    for i, text in _texts(source, open_stream(source, subset=subset, split=split), text_field):
+        texts.append(text)
         if i == 7:
             break
     if not texts:
-        raise InputError(f"data source {source!r}: split {split!r} has no rows")
+        raise InputError(
+            f"data source {source!r}: split {split!r} has no rows with text in "
+            f"{text_field!r}; give another data.split or data.text_field"
+        )
     return texts
 
 
@@ -100,19 +120,21 @@ def held_out_stream(
     from kdistill.data.holdout import part_of
 
     out, total = [], 0
-    for i, row in enumerate(open_stream(source, subset=subset, split=split)):
+    stream = open_stream(source, subset=subset, split=split)
+    for i, text in _texts(source, stream, text_field):
         if part_of(i, held_out_fraction, seed, validation_fraction) != part:
             continue
-        text = _text(source, row, text_field, i)
+        text = text[: max_chars - total]  # the last one cut, as for a listed set
         if text.strip():
             out.append(text)
             total += len(text)
         if total >= max_chars:
             break
     if not out:
+        knob = "data.validation_fraction" if part == "validation" else "data.held_out_fraction"
         raise InputError(
-            f"data source {source!r}: no held-out rows at data.held_out_fraction "
-            f"{held_out_fraction}; raise it or add data"
+            f"data source {source!r}: no {part} rows at held-out fraction {held_out_fraction} "
+            f"and validation fraction {validation_fraction}; raise {knob} or add data"
         )
     return out
 
@@ -215,13 +237,14 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
                 item = next(rows)
             except StopIteration:
                 break
-            index, row = row, row + 1
             self.rows_read += 1
+            text = _text(self.source, item, self.text_field, row)
+            if text is None:  # an empty row: not a record, not counted
+                continue
+            index, row = row, row + 1
             if part_of(index, self.fraction, self.seed, self.validation) != "train":
                 continue
-            ids = self.tokenizer(
-                _text(self.source, item, self.text_field, index), add_special_tokens=False
-            )["input_ids"]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids.append(eos)
             pos, skip = skip, 0  # the resumed row: its first tokens were trained on
             while pos < len(ids) and (self.max_blocks is None or made < self.max_blocks):
@@ -270,19 +293,27 @@ class StreamPositionCallback(TrainerCallback):
             args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         )
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        position = self.dataset.position(state.global_step * per_step)
+        position = {**self.dataset.position(state.global_step * per_step), "per_step": per_step}
         tmp = folder / (POSITION_FILE + ".tmp")
         tmp.write_text(json.dumps(position))
         tmp.replace(folder / POSITION_FILE)
         return control
 
 
-def resume_position(checkpoint: Path) -> dict:
-    """The stream position saved with ``checkpoint``."""
+def resume_position(checkpoint: Path, per_step: int) -> dict:
+    """The stream position saved with ``checkpoint``, for a run taking ``per_step`` blocks
+    an optimizer step (batch x accumulation x processes: what the saved one was made with)."""
     path = Path(checkpoint) / POSITION_FILE
     if not path.is_file():
         raise InputError(
             f"{checkpoint}: no {POSITION_FILE} (the run was not streamed when it was saved); "
             "pass --fresh to start it again, or unset data.streaming"
         )
-    return json.loads(path.read_text())
+    position = json.loads(path.read_text())
+    if position["per_step"] != per_step:
+        raise InputError(
+            f"{checkpoint}: saved at {position['per_step']} blocks a step (batch x gradient "
+            f"accumulation x processes), resumed at {per_step}; resume it with the same batch "
+            "settings and process count, or pass --fresh"
+        )
+    return position

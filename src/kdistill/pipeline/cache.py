@@ -165,11 +165,7 @@ def run_cache(cfg: RunConfig):
             f"{cfg.teacher.kind}; use teacher.kind=model, served or aligned"
         )
     check_output_folder(cfg.cache.dir, "cache.dir")
-    if cfg.data.streaming:
-        raise InputError(
-            "kdistill cache stores the teacher's targets per listed example; a streamed data "
-            "set is not listed (unset data.streaming, or distil online: teacher.kind=model)"
-        )
+    _refuse_streaming(cfg)
     check_model_files(cfg.teacher.model, "teacher.model")
     if served:
         _check_served_cache(cfg)
@@ -368,10 +364,19 @@ def plan_rows(logprobs: torch.Tensor, vocab: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def _refuse_streaming(cfg: RunConfig) -> None:
+    if cfg.data.streaming:
+        raise InputError(
+            "kdistill cache stores the teacher's targets per listed example; a streamed data "
+            "set is not listed (unset data.streaming, or distil online: teacher.kind=model)"
+        )
+
+
 def run_cache_plan(cfg: RunConfig, sample_blocks: int = 4) -> list[dict]:
     from kdistill.data.lm import load_records
     from kdistill.models.loading import check_model_files, load_causal_lm
 
+    _refuse_streaming(cfg)
     check_model_files(cfg.teacher.model, "teacher.model")
     load_records(cfg.data.source, cfg.data.text_field, **builders.source_kwargs(cfg))
 

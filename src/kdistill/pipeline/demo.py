@@ -95,7 +95,16 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
             "baseline": b_dir / "model",
         },
         tokenizers={"teacher": tok, "student": tok, "baseline": tok},
-        **text_inputs(data.source, data.held_out_fraction, data.max_eval_tokens, s_cfg.seed),
+        **text_inputs(
+            data.source,
+            data.held_out_fraction,
+            data.max_eval_tokens,
+            s_cfg.seed,
+            parts={
+                **builders.source_kwargs(s_cfg),
+                "validation_fraction": data.validation_fraction,
+            },
+        ),
         window=data.block_size,
     )
     timings["eval_seconds"] = time.perf_counter() - t2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -218,7 +219,11 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
     if cfg.data.streaming and last is not None:  # the stream resumes where training stopped
         from kdistill.data.streaming import resume_position
 
-        start = resume_position(last)
+        t = cfg.training
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        start = resume_position(
+            last, t.per_device_batch_size * t.gradient_accumulation_steps * world
+        )
 
     def lm_data(tokenizer):  # built once per tokenizer (a student may get its own)
         if id(tokenizer) not in built:

@@ -59,6 +59,16 @@ def run_eval(
     from kdistill.models.classifiers import is_classifier_folder
 
     kinds = {is_classifier_folder(s) for s in [teacher_spec, *specs.values()]}
+    if part not in PARTS or (part == "validation" and validation_fraction <= 0):
+        raise InputError(
+            f"--part {part!r}: give test, or validation with --validation-fraction above 0 "
+            "(the run's data.validation_fraction)"
+        )
+    if kinds == {True} and part != "test":
+        raise InputError(
+            "--part validation applies to language models; classifier runs report their "
+            "validation images (data.validation_examples) in their results"
+        )
     if kinds == {True}:
         return _run_eval_classifiers(
             teacher_spec, specs, data or "fashion-mnist", max_eval_tokens, out, seed, setup, device
@@ -74,11 +84,6 @@ def run_eval(
             "--teacher and --model, e.g. --teacher runs/fmnist_teacher"
         )
     _check_lm_inputs(teacher_spec, specs, data or "kjv", out, parts)
-    if part not in PARTS or (part == "validation" and validation_fraction <= 0):
-        raise InputError(
-            f"--part {part!r}: give test, or validation with --validation-fraction above 0 "
-            "(the run's data.validation_fraction)"
-        )
     return _run_eval_lms(
         teacher_spec,
         specs,

@@ -203,6 +203,8 @@ def check_streaming(cfg: RunConfig) -> None:
         why = "distill.on_policy (not tried with a stream yet)"
     elif cfg.training.fsdp.enabled:
         why = "training.fsdp (not tried with a stream yet)"
+    elif cfg.training.extra.get("dataloader_num_workers"):
+        why = "dataloader_num_workers in training.extra (rows are read by the main process)"
     if why is not None:
         raise InputError(
             f"data.streaming reads rows as training goes, which does not work with {why}; "
