@@ -40,9 +40,7 @@ def test_training_never_sees_the_validation_records(tmp_path):
     assert val and test and not set(val) & trained and not set(val) & set(test)
 
 
-def test_eval_scores_the_seeds_test_or_validation_part(
-    tiny_teacher_dir, tiny_text_file, tmp_path
-):
+def test_eval_scores_the_seeds_test_or_validation_part(tiny_teacher_dir, tiny_text_file, tmp_path):
     from kdistill.errors import InputError
     from kdistill.pipeline.evaluate import run_eval
 
