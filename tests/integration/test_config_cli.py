@@ -111,3 +111,25 @@ def test_version(capsys):
 def test_help_on_every_verb(verb, capsys):
     assert main([verb, "--help"]) == 0
     assert "Usage" in capsys.readouterr().out
+
+
+def test_the_demo_trains_three_students_that_differ_only_in_teacher_and_init(tmp_path):
+    """The distilled student, its named baseline (same init, no teacher) and the from-scratch
+    model (same shape, fresh weights, no teacher) see the same data and training settings."""
+    from kdistill.pipeline.demo import demo_configs
+
+    student, baseline, scratch = demo_configs(tmp_path, 7, ["training.learning_rate=0.002"])
+    assert (student.teacher.kind, baseline.teacher.kind, scratch.teacher.kind) == (
+        "model",
+        "none",
+        "none",
+    )
+    inits = [c.student.from_teacher.init for c in (student, baseline, scratch)]
+    assert inits == ["teacher", "teacher", "random"]
+    for cfg in (baseline, scratch):
+        assert cfg.data == student.data
+        assert cfg.training == student.training
+        assert cfg.seed == student.seed
+    assert student.training.max_steps == 7 and student.training.learning_rate == 0.002
+    outs = {Path(c.output_dir).name for c in (student, baseline, scratch)}
+    assert outs == {"student", "baseline", "scratch"}

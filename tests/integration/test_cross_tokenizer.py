@@ -210,7 +210,8 @@ def test_a_student_with_its_own_small_tokenizer_trained_on_the_training_split_on
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdistill.cli.main import main
-    from kdistill.data.lm import load_records, split_held_out
+    from kdistill.data.holdout import split_held_out
+    from kdistill.data.records import load_records
 
     marker = "zorblaxquuxwimble"
     docs = list(TINY_TEXT)

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdistill.data.holdout import split_held_out
 from kdistill.data.kjv import clean_passage
-from kdistill.data.lm import (
-    IGNORE_INDEX,
-    CausalCollator,
-    build_lm_datasets,
-    chat_example,
-    split_held_out,
-)
+from kdistill.data.lm import IGNORE_INDEX, CausalCollator, build_lm_datasets, chat_example
 from kdistill.models.student import build_student_from_teacher, select_layers
 from kdistill.models.vocab import shared_vocab_size
 from tests.conftest import TINY_TEXT, make_tiny_lm, make_tokenizer

@@ -90,7 +90,7 @@ def test_distill_on_a_hub_data_set_offline(hub_cache, tmp_path):
     import pyarrow.parquet as pq
 
     from kdistill.cli.main import main
-    from kdistill.data.lm import load_records
+    from kdistill.data.records import load_records
     from tests.conftest import TINY_TEXT
 
     cache = hub_cache.parent
@@ -157,7 +157,7 @@ def _subsets_snapshot(hub_cache) -> Path:
 
 def test_hub_data_set_subsets_and_splits_offline(hub_cache, tmp_path, capsys):
     from kdistill.cli.main import main
-    from kdistill.data.lm import load_records
+    from kdistill.data.records import load_records
     from kdistill.errors import InputError
     from tests.conftest import TINY_TEXT
 

@@ -143,3 +143,28 @@ def test_distill_with_a_pruned_student_writes_scores_and_loads(
     loaded = AutoModelForCausalLM.from_pretrained(out / "model")
     assert loaded.config.intermediate_size == 48
     assert loaded.config.kdistill_teacher_layers == pruning["plan"]["layers"]
+
+
+def test_random_init_keeps_the_shape_and_draws_every_weight_afresh(tiny_tokenizer):
+    """``init: random`` is the from-scratch baseline: the pruned student's shape, no teacher
+    weight left in it, the same draw for the same seed and another for another seed."""
+    teacher = _teacher(tiny_tokenizer)
+    cut = dict(layers=2, intermediate_size=40, calibration=_calib(tiny_tokenizer))
+    sliced = build_student_from_teacher(teacher, **cut)
+    fresh = build_student_from_teacher(teacher, init="random", seed=3, **cut)
+    again = build_student_from_teacher(teacher, init="random", seed=3, **cut)
+    other = build_student_from_teacher(teacher, init="random", seed=4, **cut)
+    a, b = sliced.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys()
+    assert fresh.config.kdistill_teacher_layers == sliced.config.kdistill_teacher_layers
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        if "norm" not in k:  # norms start at ones either way
+            assert not torch.equal(a[k], b[k]), k
+        assert torch.equal(b[k], again.state_dict()[k]), k
+    assert not torch.equal(
+        b["model.embed_tokens.weight"], other.state_dict()["model.embed_tokens.weight"]
+    )
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight  # still tied
+    assert fresh.config.kdistill_init == "random"
+    assert all(p.requires_grad for p in fresh.parameters())

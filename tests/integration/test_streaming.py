@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kdistill.data.lm import build_lm_datasets, held_out_texts, load_records
+from kdistill.data.lm import build_lm_datasets, held_out_texts
+from kdistill.data.records import load_records
 from kdistill.errors import InputError
 from tests.conftest import TINY_TEXT, distill_then_resume, read_log, same_weights, tiny_overrides
 from tests.integration.test_hub import COMMIT, DEMO, hub_cache  # noqa: F401
@@ -62,6 +63,11 @@ def test_a_stream_gives_the_listed_sets_blocks_and_held_out_rows(streamed, tiny_
         streamed, held_out_fraction=0.2
     )
     assert load_records(streamed, streaming=True) == ROWS[:8]  # the head, checked
+    for streaming in (False, True):  # what training asks for: no held-out side at all
+        _, none = build_lm_datasets(
+            tiny_tokenizer, streamed, streaming=streaming, held_out=False, **kw
+        )
+        assert none is None
 
 
 def test_resume_starts_at_the_saved_position_without_re_reading(streamed, tiny_tokenizer):
@@ -95,7 +101,13 @@ def test_resume_starts_at_the_saved_position_without_re_reading(streamed, tiny_t
     assert 0 < resumed.rows_read <= 48 - late["row"]
 
 
-def test_distill_streams_and_resumes_bit_identically(streamed, tiny_teacher_dir, tmp_path):
+def test_distill_streams_and_resumes_bit_identically(
+    streamed, tiny_teacher_dir, tmp_path, monkeypatch
+):
+    def never(*a, **k):
+        raise AssertionError("training read the held-out rows")
+
+    monkeypatch.setattr("kdistill.data.streaming.held_out_stream", never)
     extra = {"data.source": streamed, "data.streaming": "true", "data.block_size": 16}
     ref, run = distill_then_resume(tiny_teacher_dir, Path("unused"), tmp_path, extra, kept=3)
     assert same_weights(ref, run)

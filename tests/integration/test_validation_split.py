@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from kdistill.data.lm import held_out_texts, split_held_out, training_texts
+from kdistill.data.holdout import split_held_out
+from kdistill.data.lm import held_out_texts, training_texts
 from tests.conftest import TINY_TEXT
 
 RECORDS = [f"record {i}: {t}" for i, t in enumerate(TINY_TEXT * 5)]  # 240 distinct

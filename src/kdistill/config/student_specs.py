@@ -42,6 +42,11 @@ class StudentFromTeacher(Strict):
     calibration_blocks: int = Field(
         16, ge=1, description="training blocks the importance scores are measured on"
     )
+    init: Literal["teacher", "random"] = Field(
+        "teacher",
+        description="teacher: start from the teacher's sliced weights; random: the same "
+        "shape with freshly drawn weights (a from-scratch baseline, seeded by `seed`)",
+    )
     tokenizer_vocab: int | None = Field(
         None,
         ge=300,

@@ -33,7 +33,7 @@ class Prompt:
 def load_prompts(path: str | Path) -> list[Prompt]:
     """JSONL (or Parquet) rows with ``prompt`` (text) or ``messages``; optional ``id``,
     ``answer`` (the reference answer for verifiers)."""
-    from kdistill.data.lm import read_utf8, table_rows
+    from kdistill.data.records import read_utf8, table_rows
 
     path = Path(path)
     if not path.is_file():

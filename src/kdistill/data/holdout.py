@@ -35,3 +35,26 @@ def part_of(index: int, held_out: float, seed: int = 0, validation: float = 0.0)
     if is_held_out(index, held_out, seed):
         return "test"
     return "validation" if is_validation(index, validation, seed) else "train"
+
+
+def split_held_out(
+    records: list, fraction: float, seed: int = 0, validation: float = 0.0, part: str = "test"
+) -> tuple[list, list]:
+    """(training records, ``part`` records): held out by a hash of (seed, index), the same
+    records every run; ``validation`` > 0 sets that share of the rest aside (never trained
+    on) as the ``validation`` part."""
+    check_fraction(fraction)
+    train, chosen = [], []
+    for i, rec in enumerate(records):
+        where = part_of(i, fraction, seed, validation)
+        if where == "train":
+            train.append(rec)
+        elif where == part:
+            chosen.append(rec)
+    if not train or not chosen:
+        raise InputError(
+            f"the {part} split of {len(records)} records (held-out fraction {fraction}, "
+            f"validation fraction {validation}) left one side empty; add data or change "
+            "data.held_out_fraction / data.validation_fraction"
+        )
+    return train, chosen

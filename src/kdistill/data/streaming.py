@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from kdistill.data.examples import BlockDataset
+from kdistill.data.holdout import part_of
+from kdistill.data.packing import pack_texts
 from kdistill.errors import InputError
 
 POSITION_FILE = "stream_position.json"
@@ -117,8 +120,6 @@ def held_out_stream(
 ) -> list[str]:
     """The held-out (``part``: test or validation) rows' texts in stream order, read until
     ``max_chars`` characters."""
-    from kdistill.data.holdout import part_of
-
     out, total = [], 0
     stream = open_stream(source, subset=subset, split=split)
     for i, text in _texts(source, stream, text_field):
@@ -137,6 +138,49 @@ def held_out_stream(
             f"and validation fraction {validation_fraction}; raise {knob} or add data"
         )
     return out
+
+
+def streamed_datasets(
+    tokenizer,
+    source: str,
+    *,
+    block_size: int,
+    held_out_fraction: float,
+    text_field: str = "text",
+    max_train_tokens: int | None = None,
+    max_eval_tokens: int | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.0,
+    part: str = "test",
+    subset: str | None = None,
+    split: str = "train",
+    start: dict | None = None,
+    held_out: bool = True,
+):
+    """(training blocks as they stream, from ``start`` when resuming; the first held-out
+    (``part``) rows' blocks, or ``None`` with ``held_out=False``: nothing read for them)."""
+    part_kw = {"subset": subset, "split": split, "text_field": text_field, "seed": seed}
+    part_kw["validation_fraction"] = validation_fraction
+    train = StreamedBlocks(
+        tokenizer,
+        source,
+        block_size=block_size,
+        held_out_fraction=held_out_fraction,
+        max_train_tokens=max_train_tokens,
+        start=start,
+        **part_kw,
+    )
+    if not held_out:
+        return train, None
+    eval_tokens = max_eval_tokens or 16384
+    texts = held_out_stream(
+        source,
+        held_out_fraction=held_out_fraction,
+        max_chars=8 * (eval_tokens + block_size),  # ample: ~4 characters a token
+        part=part,
+        **part_kw,
+    )
+    return train, BlockDataset(pack_texts(tokenizer, texts, block_size, eval_tokens))
 
 
 class StreamedBlocks(torch.utils.data.IterableDataset):
@@ -215,8 +259,6 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 
     def _one_pass(self, start: dict | None):
         """One pass over the stream (from ``start`` when resuming); returns blocks made."""
-        from kdistill.data.holdout import part_of
-
         stream = open_stream(self.source, subset=self.subset, split=self.split)
         row, skip, made = 0, 0, 0
         if start is not None:

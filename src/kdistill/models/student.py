@@ -64,6 +64,7 @@ def build_student_from_teacher(
     depth_metric: str = "block_influence",
     calibration: list[torch.Tensor] | None = None,
     seed: int = 0,
+    init: str = "teacher",
 ):
     """A new student model (trainable, fp32) derived from ``teacher``.
 
@@ -73,6 +74,7 @@ def build_student_from_teacher(
     KV groups on ``calibration``, sliced from the teacher's weights
     (:mod:`kdistill.models.prune`). ``config.kdistill_teacher_layers`` records the kept layers;
     with importance pruning, ``student.kdistill_pruning`` holds indices and scores.
+    ``init="random"`` keeps that shape but draws every weight afresh (a from-scratch model).
     """
     from kdistill.models.prune import apply_plan, measure_importance, plan_pruning, prune_summary
 
@@ -113,10 +115,22 @@ def build_student_from_teacher(
             "num_key_value_heads": student.config.num_key_value_heads,
         }
     student.config.kdistill_teacher_layers = chosen
+    if init == "random":
+        _draw_afresh(student, seed)
     student.train()
     for p in student.parameters():
         p.requires_grad_(True)
     return student
+
+
+def _draw_afresh(student, seed: int) -> None:
+    """Replace every weight by the architecture's own initialisation, seeded."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(copy.deepcopy(student.config), dtype=torch.float32)
+    student.load_state_dict(fresh.state_dict())
+    student.config.kdistill_init = "random"
 
 
 def _copy_layers(teacher, blocks, chosen: list[int], seed: int):

@@ -48,7 +48,7 @@ def _teacher_fn(teacher, vocab: int, temperature: float):
 def build_manifest(cfg: RunConfig, tok, train_ds, teacher: dict):
     """The store's manifest; ``teacher``: who fills it (:func:`_teacher_record`)."""
     from kdistill.cache import Manifest
-    from kdistill.data.lm import data_fingerprint
+    from kdistill.data.packing import data_fingerprint
     from kdistill.models.vocab import tokenizer_fingerprint
 
     c = cfg.cache
@@ -95,7 +95,9 @@ def _teacher_record(cfg: RunConfig, model=None) -> dict:
 def _train_blocks(cfg: RunConfig, tok):
     from kdistill.data.lm import build_lm_datasets
 
-    train_ds, _ = build_lm_datasets(tok, cfg.data.source, **builders.data_kwargs(cfg))
+    train_ds, _ = build_lm_datasets(
+        tok, cfg.data.source, **builders.data_kwargs(cfg), held_out=False
+    )
     if not isinstance(train_ds.examples, torch.Tensor):
         raise InputError("kdistill cache supports packed text data; chat data is not cached yet")
     return train_ds
@@ -373,7 +375,7 @@ def _refuse_streaming(cfg: RunConfig) -> None:
 
 
 def run_cache_plan(cfg: RunConfig, sample_blocks: int = 4) -> list[dict]:
-    from kdistill.data.lm import load_records
+    from kdistill.data.records import load_records
     from kdistill.models.loading import check_model_files, load_causal_lm
 
     _refuse_streaming(cfg)

@@ -40,7 +40,8 @@ def pydoc_texts() -> list[str]:
 def load_texts(source: str) -> list[str]:
     """Texts of a source; ``SOURCE:train`` / ``SOURCE:heldout`` take the same split as
     training (held-out fraction 0.05, seed 0), e.g. ``kjv:heldout``."""
-    from kdistill.data.lm import load_records, split_held_out
+    from kdistill.data.holdout import split_held_out
+    from kdistill.data.records import load_records
 
     base, _, part = source.partition(":")
     if part not in ("", "train", "heldout"):
@@ -58,7 +59,7 @@ def profile(model, tok, texts: list[str], max_tokens: int = 2048, block: int = 2
     """Teacher NLL, token counts and mean hidden state over up to ``max_tokens`` tokens."""
     import random
 
-    from kdistill.data.lm import pack_texts
+    from kdistill.data.packing import pack_texts
 
     # a spread-out sample, not the first pages: shuffle records deterministically
     texts = list(texts)

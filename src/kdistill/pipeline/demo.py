@@ -1,4 +1,5 @@
-"""`kdistill demo`: teacher -> distilled student and a no-teacher baseline, side by side."""
+"""`kdistill demo`: teacher -> distilled student, the same student trained without the teacher
+(the named baseline) and the same shape trained from scratch, side by side."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from rich.rule import Rule
 from kdistill.config.loader import load_config
 from kdistill.files import atomic_write_json
 from kdistill.log import say
+
+MODELS = ("teacher", "student", "baseline", "scratch")
 
 
 def demo_config_path() -> Path:
@@ -27,13 +30,22 @@ def demo_configs(output_dir: Path, max_steps: int | None, overrides: list[str] |
         demo_config_path(),
         [f"output_dir={output_dir / 'baseline'}", "teacher.kind=none", *extra],
     )
-    return student, baseline
+    scratch = load_config(
+        demo_config_path(),
+        [
+            f"output_dir={output_dir / 'scratch'}",
+            "teacher.kind=none",
+            "student.from_teacher.init=random",
+            *extra,
+        ],
+    )
+    return student, baseline, scratch
 
 
 def print_table(results: dict) -> None:
     from kdistill.pipeline.evaluate import results_table
 
-    rows = {name: results[name] for name in ("teacher", "student", "baseline")}
+    rows = {name: results[name] for name in MODELS}
     say(results_table(rows, "kdistill demo: held-out KJV chapters"))
 
 
@@ -49,14 +61,14 @@ def run_demo(
     from kdistill.pipeline.preflight import check_lm_run
 
     out = check_output_folder(output_dir, "--output-dir")
-    s_cfg, b_cfg = demo_configs(out, max_steps, overrides)
-    check_lm_run(s_cfg)
-    check_lm_run(b_cfg)
+    configs = demo_configs(out, max_steps, overrides)
+    for cfg in configs:
+        check_lm_run(cfg)
     with claim_folder(out, "demo", field="--output-dir", fresh=fresh):
-        return _demo(out, s_cfg, b_cfg, fresh)
+        return _demo(out, *configs, fresh)
 
 
-def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
+def _demo(out: Path, s_cfg, b_cfg, x_cfg, fresh: bool) -> Path:
     import torch
 
     from kdistill.config import builders
@@ -68,33 +80,37 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
 
     timings = {}
     t0 = time.perf_counter()
-    say(Rule("[bold]1/3 distilling the student from the teacher"))
-    s_dir = run_distill_lm(s_cfg, fresh=fresh)
-    timings["distill_seconds"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    say(Rule("[bold]2/3 training the same-size baseline without the teacher"))
-    b_dir = run_distill_lm(b_cfg, fresh=fresh)
-    timings["baseline_seconds"] = time.perf_counter() - t1
+    dirs = {}
+    steps = (
+        ("student", s_cfg, "distill", "1/4 distilling the student from the teacher"),
+        ("baseline", b_cfg, "baseline", "2/4 training the same student without the teacher"),
+        ("scratch", x_cfg, "scratch", "3/4 training the same shape from scratch (no teacher)"),
+    )
+    for name, cfg, key, title in steps:
+        t = time.perf_counter()
+        say(Rule(f"[bold]{title}"))
+        dirs[name] = run_distill_lm(cfg, fresh=fresh)
+        timings[f"{key}_seconds"] = time.perf_counter() - t
     t2 = time.perf_counter()
-    say(Rule("[bold]3/3 evaluating teacher, student and baseline on held-out text"))
+    say(Rule("[bold]4/4 evaluating all four on held-out text"))
     teacher, tok = load_causal_lm(s_cfg.teacher.model, frozen=True)
-    student, _ = load_causal_lm(str(s_dir / "model"), frozen=True)
-    baseline, _ = load_causal_lm(str(b_dir / "model"), frozen=True)
+    models = {"teacher": teacher}
+    for name, d in dirs.items():
+        models[name], _ = load_causal_lm(str(d / "model"), frozen=True)
     _, held = build_lm_datasets(tok, s_cfg.data.source, **builders.data_kwargs(s_cfg))
     data = s_cfg.data
     torch.manual_seed(0)
     results = evaluate_lms(
-        {"teacher": teacher, "student": student, "baseline": baseline},
+        models,
         "teacher",
         held,
         CausalCollator(tok.pad_token_id),
         vocab_size=len(tok),
         model_dirs={
             "teacher": resolve_model_path(s_cfg.teacher.model)[0],
-            "student": s_dir / "model",
-            "baseline": b_dir / "model",
+            **{name: d / "model" for name, d in dirs.items()},
         },
-        tokenizers={"teacher": tok, "student": tok, "baseline": tok},
+        tokenizers=dict.fromkeys(models, tok),
         **text_inputs(
             data.source,
             data.held_out_fraction,
@@ -109,7 +125,7 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     )
     timings["eval_seconds"] = time.perf_counter() - t2
     timings["total_seconds"] = time.perf_counter() - t0
-    for name, d in (("student", s_dir), ("baseline", b_dir)):
+    for name, d in dirs.items():
         summary = json.loads((d / "train_summary.json").read_text())
         results[name]["train"] = summary
         results[name]["run_dir"] = str(d)
@@ -117,7 +133,8 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
     from kdistill.eval.derived import results_file
     from kdistill.eval.roles import build_setup
 
-    payload = results_file(results, build_setup(list(results)), lm=True, timings=timings)
+    setup = build_setup(list(results), roles={"scratch": "baseline"})
+    payload = results_file(results, setup, lm=True, timings=timings)
     atomic_write_json(out / "results.json", payload)
     print_table(results)
     d = payload["derived"]
@@ -125,7 +142,8 @@ def _demo(out: Path, s_cfg, b_cfg, fresh: bool) -> Path:
         f"student: {d['student_size_fraction']:.0%} of the teacher's parameters, "
         f"{d['student_speedup']:.2f}x its forward speed; perplexity "
         f"{results['student']['perplexity']:.2f} vs baseline "
-        f"{results['baseline']['perplexity']:.2f}"
+        f"{results['baseline']['perplexity']:.2f} (from scratch "
+        f"{results['scratch']['perplexity']:.1f})"
         f" -> teacher {'helped' if d['teacher_helped'] else 'did NOT help'}"
     )
     from kdistill.report import render_report

@@ -230,7 +230,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
             kwargs = builders.data_kwargs(cfg)
             if cfg.data.streaming:
                 kwargs["start"] = start
-            data = build_lm_datasets(tokenizer, cfg.data.source, **kwargs)
+            data = build_lm_datasets(tokenizer, cfg.data.source, **kwargs, held_out=False)
             built[id(tokenizer)] = data
         return built[id(tokenizer)][0]
 

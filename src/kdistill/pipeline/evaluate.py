@@ -113,7 +113,7 @@ def check_results_path(out: Path) -> None:
 def _check_lm_inputs(
     teacher_spec: str, specs: dict[str, str], data: str, out: Path, parts: dict
 ) -> None:
-    from kdistill.data.lm import load_records
+    from kdistill.data.records import load_records
     from kdistill.models.loading import check_model_files
 
     check_results_path(out)

@@ -60,7 +60,7 @@ def check_store_teacher(
 
 def check_recorded_source(source: str) -> None:
     """Every generation record is well formed and some carry the teacher's top log-probs."""
-    from kdistill.data.lm import iter_generation_records
+    from kdistill.data.records import iter_generation_records
 
     with_top = False
     for record in iter_generation_records(source):
@@ -74,7 +74,7 @@ def check_recorded_source(source: str) -> None:
 
 def check_lm_run(cfg: RunConfig, *, allow_teacher_change: bool = False) -> None:
     """Everything about a causal-LM run that can be checked without loading a model."""
-    from kdistill.data.lm import load_records
+    from kdistill.data.records import load_records
     from kdistill.models.loading import check_model_files
     from kdistill.teachers.kinds import needs_model
 

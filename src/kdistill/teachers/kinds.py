@@ -13,7 +13,7 @@ from kdistill.teachers.store import StoreTeacher
 def _store(settings: dict, *, tokenizer, dataset, block_size: int, **_) -> StoreTeacher:
     """The store at ``settings['path']``, checked against the tokenizer and the data."""
     from kdistill.cache import StoreReader
-    from kdistill.data.lm import data_fingerprint
+    from kdistill.data.packing import data_fingerprint
     from kdistill.models.vocab import tokenizer_fingerprint
 
     reader = StoreReader(settings["path"])

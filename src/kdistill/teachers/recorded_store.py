@@ -21,7 +21,7 @@ from kdistill.cache.manifest import StoreError, check_shard
 from kdistill.data.completions import SignalStats, generation_example
 from kdistill.data.examples import BlockDataset
 from kdistill.data.holdout import check_fraction, is_held_out
-from kdistill.data.lm import iter_generation_records
+from kdistill.data.records import iter_generation_records
 from kdistill.errors import InputError
 from kdistill.log import get_logger
 from kdistill.models.vocab import tokenizer_fingerprint
