@@ -42,42 +42,36 @@ def _is_dtensor(param) -> bool:
     return isinstance(param, DTensor)
 
 
-_step_gathered: set[int] = set()  # ZeRO-3 parameters under gathered_for_step now
-
-
 @contextmanager
-def full_params(*params) -> Iterator[tuple]:
+def full_params(*params, held: frozenset[int] = frozenset()) -> Iterator[tuple]:
     """Yield ``params`` (None allowed) as full tensors for the duration of the block.
 
     ZeRO-3 parameters are gathered with ``deepspeed.zero.GatheredParameters`` (read-only:
     ``modifier_rank=None``; gradients still reach them through autograd, and DeepSpeed's
     hooks reduce them); FSDP2 ``DTensor`` parameters through ``full_tensor()`` (an
     all-gather whose backward reduce-scatters the gradient into the shard); anything else as
-    it is."""
+    it is. ``held``: the ids :func:`gathered_for_step` yielded, when inside it."""
     zero3 = [p for p in params if _partitioned(p)]
     # DeepSpeed releases a parameter after the forward of a module that owns it (a tied head
     # with the embedding) even inside the step's gather, and refuses a nested gather of it:
     # fetch those again, the step's gather partitions them when it ends
-    again = [p for p in zero3 if id(p) in _step_gathered]
+    again = [p for p in zero3 if id(p) in held]
     if again:
         again[0].all_gather(param_list=again)
-    fresh = [p for p in zero3 if id(p) not in _step_gathered]
+    fresh = [p for p in zero3 if id(p) not in held]
     with _zero3_gather(fresh) if fresh else nullcontext():
         yield tuple(p.full_tensor() if _is_dtensor(p) else p for p in params)
 
 
 @contextmanager
-def gathered_for_step(*params) -> Iterator[None]:
+def gathered_for_step(*params) -> Iterator[frozenset[int]]:
     """ZeRO-3 parameters gathered for a whole training step (forward, loss and backward), so
     a gradient made outside their module's forward lands on a whole parameter; a no-op for
-    anything else (FSDP2's ``full_tensor`` carries its gradient back itself)."""
+    anything else (FSDP2's ``full_tensor`` carries its gradient back itself). Yields the ids
+    it holds, for :func:`full_params` (``held``) inside the step."""
     zero3 = [p for p in params if _partitioned(p)]
     with _zero3_gather(zero3) if zero3 else nullcontext():
-        _step_gathered.update(id(p) for p in zero3)
-        try:
-            yield
-        finally:
-            _step_gathered.difference_update(id(p) for p in zero3)
+        yield frozenset(id(p) for p in zero3)
 
 
 def _zero3_gather(params: list):

@@ -87,6 +87,7 @@ class KDTrainer(Trainer):
         **kwargs,
     ):
         self.kd_meter = KDMeter()
+        self._step_held: frozenset[int] = frozenset()  # ZeRO-3 heads the step holds gathered
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(KDLogCallback(self.kd_meter, log_path))
         callbacks.append(_ZeroTermGrads(self))
@@ -166,8 +167,12 @@ class KDTrainer(Trainer):
         core = self.accelerator.unwrap_model(model)
         head = getattr(core, "get_output_embeddings", lambda: None)()
         heads = [] if head is None else [head.weight, getattr(head, "bias", None)]
-        with gathered_for_step(*heads):
-            return super().training_step(model, inputs, num_items_in_batch)
+        with gathered_for_step(*heads) as held:
+            self._step_held = held
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self._step_held = frozenset()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -310,7 +315,8 @@ class KDTrainer(Trainer):
         flat_labels = labels.reshape(-1)
         # the heads are read outside their modules' forward: gathered first when sharded
         # (FSDP2, ZeRO-3); the loss makes its gradients inside the block
-        with full_params(head.weight, getattr(head, "bias", None), t_weight, t_bias) as full:
+        heads = (head.weight, getattr(head, "bias", None), t_weight, t_bias)
+        with full_params(*heads, held=self._step_held) as full:
             weight, bias, t_weight, t_bias = (None if p is None else p[:vocab] for p in full)
             loss, sums = chunked_kd_loss(
                 flat_h,
