@@ -144,43 +144,26 @@ def streamed_datasets(
     tokenizer,
     source: str,
     *,
-    block_size: int,
-    held_out_fraction: float,
-    text_field: str = "text",
-    max_train_tokens: int | None = None,
     max_eval_tokens: int | None = None,
-    seed: int = 0,
-    validation_fraction: float = 0.0,
     part: str = "test",
-    subset: str | None = None,
-    split: str = "train",
-    start: dict | None = None,
     held_out: bool = True,
+    **blocks,
 ):
-    """(training blocks as they stream, from ``start`` when resuming; the first held-out
-    (``part``) rows' blocks, or ``None`` with ``held_out=False``: nothing read for them)."""
-    part_kw = {"subset": subset, "split": split, "text_field": text_field, "seed": seed}
-    part_kw["validation_fraction"] = validation_fraction
-    train = StreamedBlocks(
-        tokenizer,
-        source,
-        block_size=block_size,
-        held_out_fraction=held_out_fraction,
-        max_train_tokens=max_train_tokens,
-        start=start,
-        **part_kw,
-    )
+    """(:class:`StreamedBlocks` ``(tokenizer, source, **blocks)``, the training blocks as they
+    stream; the first held-out (``part``) rows' blocks, or ``None`` with ``held_out=False``:
+    nothing read for them)."""
+    train = StreamedBlocks(tokenizer, source, **blocks)
     if not held_out:
         return train, None
     eval_tokens = max_eval_tokens or 16384
+    same = ("held_out_fraction", "seed", "text_field", "subset", "split", "validation_fraction")
     texts = held_out_stream(
         source,
-        held_out_fraction=held_out_fraction,
-        max_chars=8 * (eval_tokens + block_size),  # ample: ~4 characters a token
+        max_chars=8 * (eval_tokens + train.block_size),  # ample: ~4 characters a token
         part=part,
-        **part_kw,
+        **{k: blocks[k] for k in same if k in blocks},
     )
-    return train, BlockDataset(pack_texts(tokenizer, texts, block_size, eval_tokens))
+    return train, BlockDataset(pack_texts(tokenizer, texts, train.block_size, eval_tokens))
 
 
 class StreamedBlocks(torch.utils.data.IterableDataset):
