@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kdistill.config.base import Strict
+from kdistill.config.base import ClassifierShape, Strict
 
 
 class StudentFromTeacher(Strict):
@@ -75,7 +75,7 @@ class LoraSpec(Strict):
     )
 
 
-class ModelSpec(Strict):
+class ModelSpec(ClassifierShape):
     model: str | None = Field(
         None,
         description="bundled name (smollm2-135m, gemma3-270m), a .gguf file, a local HF folder "
@@ -90,13 +90,4 @@ class ModelSpec(Strict):
         None,
         description="student only: train LoRA adapters (peft) on a frozen student; the run "
         "saves the merged student (model/) and the adapter (adapter/)",
-    )
-    hidden: list[int] = Field(
-        default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
-    )
-    channels: list[int] = Field(
-        default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
-    )
-    dropout: float = Field(
-        0.0, ge=0, lt=1, description="classifier: dropout on each hidden layer while training"
     )

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from kdistill.config.base import Strict
+from kdistill.config.base import ClassifierShape
 
 
-class TeacherSpec(Strict):
+class TeacherSpec(ClassifierShape):
     """Where the teacher's knowledge comes from (``kind``), and the teacher model if any.
 
     ``model`` is the teacher model: run online (kind ``model``), the one a store or recorded
@@ -35,15 +35,6 @@ class TeacherSpec(Strict):
         "float32",
         description="weights dtype; int8: the teacher's linear layers held as weight-only int8 "
         "(torchao, the compress extra), its head and the soft-label math in fp32",
-    )
-    hidden: list[int] = Field(
-        default_factory=lambda: [256], description="classifier mlp: hidden layer widths"
-    )
-    channels: list[int] = Field(
-        default_factory=lambda: [32, 64], description="classifier cnn: conv channels"
-    )
-    dropout: float = Field(
-        0.0, ge=0, lt=1, description="classifier: dropout on each hidden layer while training"
     )
     ensemble: list[str] = Field(
         default_factory=list,
