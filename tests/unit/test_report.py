@@ -336,3 +336,26 @@ def test_training_curves_get_a_panel_per_loss_term():
     assert panels["hidden_loss"] == "hidden term"
     assert list(curve_panels({"b": logs["baseline"]})) == ["loss", "soft_loss", "hard_loss"]
     assert training_curves(logs).startswith(b"\x89PNG")
+
+
+def test_the_demos_from_scratch_model_is_listed_as_a_baseline_beside_the_pair(tmp_path):
+    """The demo's fourth model (same shape, fresh weights, no teacher) gets a row, the
+    baseline role, and does not replace the named baseline in the verdict."""
+    from kdistill.eval.derived import results_file
+    from kdistill.eval.roles import build_setup
+
+    results = {
+        "teacher": _lm(16.94, 134_515_008, 1.0, 0.0, 530.0, 0.48, 0.5, shift=0.01),
+        "student": _lm(35.85, 67_253_184, 0.49, 1.17, 1082.0, 0.24, 0.25),
+        "baseline": _lm(39.61, 67_253_184, 0.44, 1.48, 1074.0, 0.24, 0.25),
+        "scratch": _lm(1234.5, 67_253_184, 0.05, 4.9, 1079.0, 0.24, 0.25),
+    }
+    setup = build_setup(list(results), roles={"scratch": "baseline"})
+    assert setup.pairs == [("student", "baseline")]
+    payload = results_file(results, setup, lm=True)
+    path = _dump(tmp_path / "demo" / "results.json", payload)
+    html_path, md_path = render_report([path], tmp_path / "out", [])
+    md = md_path.read_text()
+    assert "| scratch | baseline | 67.3 |" in md and "1234.50" in md
+    assert "improved the student by 9.5%" in md  # 35.85 vs the named baseline's 39.61
+    assert "scratch" in html_path.read_text()

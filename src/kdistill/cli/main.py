@@ -287,8 +287,9 @@ def demo(
     overrides: OverridesArg = None,
 ):
     """Distil the bundled SmolLM2-135M into a student pruned from it (16 layers, narrower MLP:
-    half its parameters) on KJV, train the no-teacher baseline, evaluate all three and write
-    results.json."""
+    half its parameters) on KJV, train the same student without the teacher (the baseline)
+    and the same shape from scratch, evaluate all four and write results.json. KEY=VALUE
+    overrides apply to all three runs (e.g. seed=1)."""
     from kdistill.pipeline.demo import run_demo
 
     run_demo(str(output_dir), max_steps, fresh=fresh, overrides=overrides or [])
