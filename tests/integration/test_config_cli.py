@@ -133,3 +133,8 @@ def test_the_demo_trains_three_students_that_differ_only_in_teacher_and_init(tmp
     assert student.training.max_steps == 7 and student.training.learning_rate == 0.002
     outs = {Path(c.output_dir).name for c in (student, baseline, scratch)}
     assert outs == {"student", "baseline", "scratch"}
+    # a term that reads the teacher's states stays with the distilled student only
+    hidden = ["distill.terms=[{name: hidden, loss: cosine, weight: 1.0}]"]
+    student, baseline, scratch = demo_configs(tmp_path, 7, hidden)
+    assert [t.name for t in student.distill.terms] == ["hidden"]
+    assert baseline.distill.terms == [] and scratch.distill.terms == []
