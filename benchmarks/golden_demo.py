@@ -30,6 +30,9 @@ GOLDEN_SETTINGS = (
     "student.from_teacher={every: 3}",
     "training.learning_rate=0.0005",
     "data.validation_fraction=0.0",
+    "distill.soft_weight=0.7",
+    "distill.hard_weight=0.3",
+    "distill.terms=[]",
 )
 
 
