@@ -169,6 +169,21 @@ def tiny_chat_file(tmp_path_factory) -> Path:
     return path
 
 
+# the demo config's loss and split as the tests (and their golden files) were made, not the
+# demo's tuned ones: no validation share, soft 0.7 / hard 0.3, no extra loss terms
+DEMO_AS_TESTED = {
+    "data.validation_fraction": 0.0,
+    "distill.soft_weight": 0.7,
+    "distill.hard_weight": 0.3,
+    "distill.terms": "[]",
+}
+
+
+def demo_as_tested() -> list[str]:
+    """:data:`DEMO_AS_TESTED` as CLI overrides."""
+    return [f"{k}={v}" for k, v in DEMO_AS_TESTED.items()]
+
+
 def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[str]:
     """CLI-style overrides for a fast tiny run."""
     base = {
@@ -185,12 +200,7 @@ def tiny_overrides(teacher_dir: Path, data: Path, out: Path, **extra) -> list[st
         "training.warmup_steps": 0,
         "training.learning_rate": 0.003,
         "training.loss_chunk_size": 8,  # exercise the chunked loss path (64 tokens/batch)
-        # the demo config's loss and split as the tests (and their golden files) were made,
-        # not the demo's tuned ones: no validation share, soft 0.7 / hard 0.3, no extra terms
-        "data.validation_fraction": 0.0,
-        "distill.soft_weight": 0.7,
-        "distill.hard_weight": 0.3,
-        "distill.terms": "[]",
+        **DEMO_AS_TESTED,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

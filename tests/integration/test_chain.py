@@ -21,6 +21,7 @@ def _spec(tmp_path: Path, teacher: Path, data: Path, stages: list[dict]) -> Path
     cfg.update(output_dir=str(tmp_path / "unused"), seed=0)
     cfg["teacher"] = {"model": str(teacher)}
     cfg["data"] = {"source": str(data), "block_size": 16, "held_out_fraction": 0.2}
+    cfg["distill"] = {**cfg["distill"], "terms": [], "soft_weight": 0.7, "hard_weight": 0.3}
     cfg["training"] = {
         **cfg.get("training", {}),
         "max_steps": 2,

@@ -19,6 +19,7 @@ from kdistill.teachers.base import Want
 from kdistill.teachers.model import ModelTeacher
 from tests.conftest import (
     TINY_TEXT,
+    demo_as_tested,
     make_sentencepiece_tokenizer,
     make_tiny_lm,
     make_tokenizer,
@@ -323,6 +324,7 @@ def test_generations_of_one_tokenizer_train_a_student_of_another(
         "training.max_steps=2",
         "training.per_device_batch_size=2",
         "training.save_steps=10",
+        *demo_as_tested(),
     ]
     assert main(["distill", DEMO, *train]) == 0
     assert (run / "model" / "model.safetensors").is_file()

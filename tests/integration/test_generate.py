@@ -17,6 +17,7 @@ from kdistill.cli.main import main
 from kdistill.config.loader import load_config
 from kdistill.pipeline.generate import run_generate
 from kdistill.teachers.served import sample_seed
+from tests.conftest import demo_as_tested
 from tests.fakes import FakeOpenAIServer, FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -236,6 +237,7 @@ def test_local_backend_then_train_on_generations(tiny_teacher_dir, tmp_path):
         "training.max_steps=3",
         "training.per_device_batch_size=2",
         "training.save_steps=10",
+        *demo_as_tested(),
     ]
     assert main(["distill", str(DEMO), *train]) == 0
     assert (run / "model" / "model.safetensors").is_file()

@@ -22,6 +22,7 @@ from kdistill.cli.main import main
 from kdistill.data.generations import Prompt
 from kdistill.models.bundled import bundled_gguf_path
 from kdistill.teachers.local_gen import LocalGenerator
+from tests.conftest import demo_as_tested
 from tests.fakes import FaultProxy
 
 pytestmark = [
@@ -252,6 +253,7 @@ def test_student_finetuned_on_served_generations_agrees_more(llama_server, real_
     argv += ["teacher.kind=recorded", "data.held_out_fraction=0.1", "data.block_size=64"]
     argv += ["training.max_steps=24", "training.per_device_batch_size=8"]
     argv += ["training.save_steps=100", "training.logging_steps=8", "training.warmup_steps=2"]
+    argv += ["training.learning_rate=0.0005", *demo_as_tested()]  # the settings it was made at
     assert main(argv) == 0
     student, _ = load_causal_lm(str(run / "model"), frozen=True)
     after = _agreement(student, tok, held)
