@@ -109,3 +109,26 @@ def test_hidden_term_needs_a_teacher_model(tiny_teacher_dir, tiny_text_file, tmp
     ]
     assert main(argv) == 2
     assert "need teacher.kind=model, not none" in capsys.readouterr().err
+
+
+def test_a_default_layer_map_that_does_not_fit_the_teacher_is_one_line():
+    """A chain stage's student cut from the base model (kept layers up to 3) distilled from a
+    3-layer assistant: the default map cannot pair them; the error names layer_map."""
+    from types import SimpleNamespace
+
+    from kdistill.errors import InputError
+    from kdistill.training.terms import LOSS_TERMS
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(hidden_size=8, **config))
+
+    student = model(num_hidden_layers=2, kdistill_teacher_layers=[0, 3])
+    with pytest.raises(InputError, match="give layer_map") as e:
+        LOSS_TERMS["hidden"](
+            {"loss": "cosine"}, student=student, teacher_model=model(num_hidden_layers=3)
+        )
+    assert "\n" not in str(e.value)
+    fits = LOSS_TERMS["hidden"](
+        {"loss": "cosine"}, student=student, teacher_model=model(num_hidden_layers=4)
+    )
+    assert fits.layer_map == {0: 2}

@@ -57,7 +57,14 @@ def _hidden(settings: dict, *, student, teacher_model) -> HiddenStateTerm:
                 "distill.terms: hidden needs layer_map ({student_layer: teacher_layer}) for a "
                 "student not cut from the teacher"
             )
-        layer_map = default_layer_map(list(kept), n_t)
+        try:
+            layer_map = default_layer_map(list(kept), n_t)
+        except ValueError as e:  # e.g. a chain stage's student cut from another model
+            raise InputError(
+                f"distill.terms: hidden's default layer map does not fit this teacher ({e}: "
+                "the student was cut from another model); give layer_map "
+                "{student_layer: teacher_layer}"
+            ) from None
     for s, t in layer_map.items():
         if not (0 <= int(s) < n_s and 0 <= int(t) < n_t):
             raise InputError(
