@@ -26,29 +26,17 @@ def demo_configs(output_dir: Path, max_steps: int | None, overrides: list[str] |
     if max_steps is not None:
         extra.append(f"training.max_steps={max_steps}")
     student = load_config(demo_config_path(), [f"output_dir={output_dir / 'student'}", *extra])
-    baseline = _without_teacher(
-        load_config(
-            demo_config_path(),
-            [f"output_dir={output_dir / 'baseline'}", "teacher.kind=none", *extra],
-        )
-    )
-    scratch = _without_teacher(
-        load_config(
-            demo_config_path(),
-            [
-                f"output_dir={output_dir / 'scratch'}",
-                "teacher.kind=none",
-                "student.from_teacher.init=random",
-                *extra,
-            ],
-        )
-    )
+    baseline = _without_teacher(output_dir / "baseline", extra)
+    scratch = _without_teacher(output_dir / "scratch", ["student.from_teacher.init=random", *extra])
     return student, baseline, scratch
 
 
-def _without_teacher(cfg):
-    """A teacherless run keeps every loss term but those that read the teacher's states
-    (e.g. ``hidden``): the baseline is the student's training without what the teacher gives."""
+def _without_teacher(output_dir: Path, overrides: list[str]):
+    """The demo config with ``teacher.kind: none``. It keeps every loss term but those that
+    read the teacher's states (e.g. ``hidden``): the student's training without the teacher."""
+    cfg = load_config(
+        demo_config_path(), [f"output_dir={output_dir}", "teacher.kind=none", *overrides]
+    )
     cfg.distill.terms = [t for t in cfg.distill.terms if not t.reads_teacher_states]
     return cfg
 
