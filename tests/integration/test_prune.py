@@ -168,3 +168,25 @@ def test_random_init_keeps_the_shape_and_draws_every_weight_afresh(tiny_tokenize
     assert fresh.lm_head.weight is fresh.model.embed_tokens.weight  # still tied
     assert fresh.config.kdistill_init == "random"
     assert all(p.requires_grad for p in fresh.parameters())
+
+
+def test_the_same_teacher_and_text_are_measured_once(tiny_tokenizer, monkeypatch):
+    from kdistill.models import prune
+
+    calls = []
+    real = prune._measure
+    monkeypatch.setattr(prune, "_LAST", {})  # not what an earlier test measured
+    monkeypatch.setattr(prune, "_measure", lambda *a: calls.append(1) or real(*a))
+    teacher, calib = _teacher(tiny_tokenizer), _calib(tiny_tokenizer)
+    first = measure_importance(teacher, calib)
+    again = measure_importance(teacher, calib)
+    assert len(calls) == 1 and again == first
+    again.layers[0] = -1.0  # a caller's edit does not reach the kept scores
+    assert measure_importance(teacher, calib) == first and len(calls) == 1
+    with torch.no_grad():
+        teacher.model.layers[1].mlp.down_proj.weight.mul_(3)
+    changed = measure_importance(teacher, calib)
+    assert len(calls) == 2 and changed.neurons[1] != first.neurons[1]
+    measure_importance(teacher, _calib(tiny_tokenizer, seed=2))
+    measure_importance(teacher, _calib(tiny_tokenizer, seed=2), skip_kl=True)
+    assert len(calls) == 4

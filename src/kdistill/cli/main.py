@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     User mistakes (:class:`~kdistill.errors.KdistillError`, command-line usage errors, a full
     disk or an unwritable path) print one line and return 2; anything else is a bug and keeps
     its traceback."""
+    from kdistill.allocator import keep_freed_memory
     from kdistill.errors import KdistillError, Preempted
     from kdistill.files import is_environment_error, output_error
 
@@ -308,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv is None:  # the installed entry point: this process is ours to tune
+            keep_freed_memory()
         rv = command.main(args=args, prog_name="kdistill", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except KdistillError as exc:

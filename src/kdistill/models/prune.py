@@ -26,6 +26,7 @@ scale keeps the output identical when the dropped channels carry nothing.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -96,11 +97,39 @@ def _shape(model) -> tuple[int, int, int, int]:
     return c.hidden_size, heads, kv, head_dim
 
 
-@torch.no_grad()
+# the last measurement, keyed by a digest of the model's config and weights, the calibration
+# ids and the settings: runs in one process that cut the same student from the same teacher
+# on the same text (the demo's student, baseline and from-scratch runs) measure once
+_LAST: dict[str, Importance] = {}
+
+
+def _digest(model, batches: list[torch.Tensor], skip_kl: bool) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    h.update(repr(skip_kl).encode())
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy())
+    for ids in batches:
+        h.update(repr(tuple(ids.shape)).encode())
+        h.update(ids.contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def measure_importance(model, batches: list[torch.Tensor], *, skip_kl: bool = False) -> Importance:
-    """Scores of ``model``'s units on ``batches`` (token-id tensors of shape (B, T))."""
+    """Scores of ``model``'s units on ``batches`` (token-id tensors of shape (B, T)); the same
+    model, text and settings as the last call in this process reuse its scores."""
     if not batches:
         raise InputError("pruning needs calibration text: no calibration blocks were given")
+    key = _digest(model, batches, skip_kl)
+    if key not in _LAST:
+        _LAST.clear()
+        _LAST[key] = _measure(model, batches, skip_kl)
+    return copy.deepcopy(_LAST[key])
+
+
+@torch.no_grad()
+def _measure(model, batches: list[torch.Tensor], skip_kl: bool) -> Importance:
     inner, blocks = decoder_blocks(model)
     hidden, heads, kv, head_dim = _shape(model)
     rep = heads // kv
