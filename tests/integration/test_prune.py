@@ -190,3 +190,7 @@ def test_the_same_teacher_and_text_are_measured_once(tiny_tokenizer, monkeypatch
     measure_importance(teacher, _calib(tiny_tokenizer, seed=2))
     measure_importance(teacher, _calib(tiny_tokenizer, seed=2), skip_kl=True)
     assert len(calls) == 4
+    with torch.device("meta"):  # weights with no bytes to hash: measured, nothing kept
+        ghost = torch.nn.Linear(2, 2)
+    ghost.config = teacher.config
+    assert prune._digest(ghost, calib, False) is None

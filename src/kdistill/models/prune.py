@@ -103,16 +103,25 @@ def _shape(model) -> tuple[int, int, int, int]:
 _LAST: dict[str, Importance] = {}
 
 
-def _digest(model, batches: list[torch.Tensor], skip_kl: bool) -> str:
+def _bytes(t: torch.Tensor):
+    return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
+
+
+def _digest(model, batches: list[torch.Tensor], skip_kl: bool) -> str | None:
+    """The key of a measurement; None where a tensor has no plain bytes to hash (a quantized
+    or meta tensor): then nothing is kept."""
     h = hashlib.blake2b(digest_size=20)
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    h.update(repr(skip_kl).encode())
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy())
-    for ids in batches:
-        h.update(repr(tuple(ids.shape)).encode())
-        h.update(ids.contiguous().view(-1).view(torch.uint8).numpy())
+    try:
+        h.update(model.config.to_json_string(use_diff=False).encode())
+        h.update(repr(skip_kl).encode())
+        for name, t in (*model.named_parameters(), *model.named_buffers()):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(_bytes(t))
+        for ids in batches:
+            h.update(repr(tuple(ids.shape)).encode())
+            h.update(_bytes(ids))
+    except (AttributeError, NotImplementedError, RuntimeError, TypeError):
+        return None
     return h.hexdigest()
 
 
@@ -122,6 +131,8 @@ def measure_importance(model, batches: list[torch.Tensor], *, skip_kl: bool = Fa
     if not batches:
         raise InputError("pruning needs calibration text: no calibration blocks were given")
     key = _digest(model, batches, skip_kl)
+    if key is None:
+        return _measure(model, batches, skip_kl)
     if key not in _LAST:
         _LAST.clear()
         _LAST[key] = _measure(model, batches, skip_kl)
