@@ -6,9 +6,8 @@ over its mmap threshold back to the kernel, so every step pays for fresh zeroed 
 trimming), as jemalloc or tcmalloc would. Measured through ``kdistill distill`` on the demo
 config, interleaved (``benchmarks/bench_allocator.py``): a KD step (teacher online) 1.12x
 faster (1.08-1.20x over 3 rounds), a step without the teacher 1.03x (0.96-1.04x, within the
-noise: the chunked loss never builds the full logits), peak resident memory 2-5% higher. A
-plain Hugging Face loop that does build the (4, 256, 49152) logits gained more (a step 4.4-4.8
-s -> 3.1-3.4 s). The figures computed do not change, only where their memory comes from.
+noise: the chunked loss never builds the full logits), peak resident memory 2-5% higher. The
+figures computed do not change, only where their memory comes from.
 ``KDISTILL_CPU_ALLOCATOR=system`` keeps glibc's defaults."""
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def keep_freed_memory(environ=os.environ) -> bool:
         raise InputError(f"{ENV}={choice!r}: set it to 'cached' (the default) or 'system'")
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     done = libc.mallopt(_M_MMAP_MAX, 0) == 1
     done &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     done &= libc.mallopt(_M_TOP_PAD, _TOP_PAD) == 1

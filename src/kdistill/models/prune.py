@@ -104,12 +104,15 @@ _LAST: dict[str, Importance] = {}
 
 
 def _bytes(t: torch.Tensor):
-    return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
+    return t.detach().contiguous().view(-1).view(torch.uint8).numpy()
 
 
 def _digest(model, batches: list[torch.Tensor], skip_kl: bool) -> str | None:
-    """The key of a measurement; None where a tensor has no plain bytes to hash (a quantized
-    or meta tensor): then nothing is kept."""
+    """The key of a measurement; None for a model off the CPU (there the ranking takes
+    seconds and hashing would copy every weight to the host) or with a tensor that has no
+    plain bytes (quantized, meta): then nothing is kept."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return None
     h = hashlib.blake2b(digest_size=20)
     try:
         h.update(model.config.to_json_string(use_diff=False).encode())
