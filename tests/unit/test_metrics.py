@@ -98,3 +98,21 @@ def test_derived_fields_by_hand():
     assert d["student_minus_baseline_accuracy"] == pytest.approx(-0.03)
     assert d["teacher_helped"] is False
     assert derive({"student": {"accuracy": 0.5}}, lm=False) == {}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lm_sums_equal_the_separate_sums_bit_for_bit(seed):
+    g = torch.Generator().manual_seed(seed)
+    t, s = torch.randn(40, 17, generator=g) * 3, torch.randn(40, 17, generator=g) * 3
+    targets = torch.randint(0, 17, (40,), generator=g)
+    targets[::5] = -100
+    valid = targets != -100
+    got = metrics.lm_sums(metrics.TeacherSide(t), s, targets)
+    assert (got["nll"], got["count"]) == metrics.nll_sum(s, targets)
+    assert got["kl"] == metrics.kl_sum(t, s, valid)
+    assert got["agree"] == metrics.agreement_count(t, s, valid)
+    probs = torch.softmax(s[valid], dim=-1)
+    assert torch.equal(got["confidence"], probs.max(-1).values)
+    assert torch.equal(got["correct"], probs.argmax(-1) == targets[valid])
+    same = metrics.lm_sums(metrics.TeacherSide(t), t, targets)  # the teacher against itself
+    assert abs(same["kl"]) < 1e-5 and same["agree"] == same["count"] == 32

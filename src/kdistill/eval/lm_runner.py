@@ -65,8 +65,11 @@ def score_span(model, tokenizer, text: str, window: int) -> tuple[float, int, in
     seq = on_model(torch.tensor([_start_id(tokenizer), *ids]), model)
     nats = 0.0
     for start, end, first in window_plan(len(ids), window):
-        logits = model(input_ids=seq[start:end][None]).logits[0].double()  # exact sums
-        rows = torch.log_softmax(logits[first - 1 - start : end - 1 - start], dim=-1)
+        # the head on the scored rows only (positions first - 1 .. end - 2; the last kept one
+        # predicts past the window), in fp64 for exact sums
+        keep = end - first + 1
+        logits = model(input_ids=seq[start:end][None], logits_to_keep=keep).logits[0, :-1]
+        rows = torch.log_softmax(logits.double(), dim=-1)
         nats -= float(rows.gather(1, seq[first:end, None]).sum())
     return nats / LN2, sum(token_byte_counts(text, offsets)), len(ids)
 
@@ -103,7 +106,6 @@ def _quality(models, teacher_name, batches, vocab_size, names) -> dict[str, dict
     here = device_of(models[teacher_name])  # the metrics run where the teacher's logits are
     for batch in track(batches, description="evaluating"):
         flat_labels = batch["shift_labels"].reshape(-1).to(here)
-        flat_valid = flat_labels != -100
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         logits_by = {}
         for name in names:
@@ -112,17 +114,13 @@ def _quality(models, teacher_name, batches, vocab_size, names) -> dict[str, dict
             else:
                 logits = models[name](**on_model(inputs, models[name])).logits
             logits_by[name] = logits[..., :vocab_size].reshape(-1, vocab_size).to(here)
-        t_logits = logits_by[teacher_name]
+        t_side = metrics.TeacherSide(logits_by[teacher_name])
         for name, lg in logits_by.items():
             a = acc[name]
-            nll, cnt = metrics.nll_sum(lg, flat_labels)
-            a["nll"] += nll
-            a["count"] += cnt
-            a["kl"] += metrics.kl_sum(t_logits, lg, flat_valid)
-            a["agree"] += metrics.agreement_count(t_logits, lg, flat_valid)
-            probs = torch.softmax(lg[flat_valid].float(), dim=-1)
-            conf, pred = probs.max(-1)
-            bins = metrics.calibration_bins(conf, pred == flat_labels[flat_valid], n_bins)
+            sums = metrics.lm_sums(t_side, lg, flat_labels)
+            for key in ("nll", "count", "kl", "agree"):
+                a[key] += sums[key]
+            bins = metrics.calibration_bins(sums["confidence"], sums["correct"], n_bins)
             for total, part in zip(a["bins"], bins, strict=True):
                 for k, v in enumerate(part):
                     total[k] += v

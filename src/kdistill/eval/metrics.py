@@ -29,6 +29,36 @@ def kl_sum(
     return float((per * valid).sum())
 
 
+class TeacherSide:
+    """The teacher's side of :func:`lm_sums`, computed once per batch for every model
+    compared with it: log-probabilities, probabilities and top-1 at T = 1."""
+
+    def __init__(self, teacher_logits: torch.Tensor):
+        self.logp = torch.log_softmax(teacher_logits.float(), dim=-1)
+        self.p = self.logp.exp()
+        self.top1 = teacher_logits.argmax(-1)
+
+
+def lm_sums(teacher: TeacherSide, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """What :func:`nll_sum`, :func:`kl_sum` and :func:`agreement_count` give for one model's
+    ``logits`` ``(N, V)`` (the same sums, bit for bit), with its log-softmax taken once and
+    the teacher's side shared; plus its softmax confidence and correctness on the valid
+    positions (for :func:`calibration_bins`)."""
+    valid = targets != -100
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    picked = lp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    kl = (teacher.p * (teacher.logp - lp)).sum(-1)
+    conf, pred = torch.softmax(logits[valid].float(), dim=-1).max(-1)
+    return {
+        "nll": float(-(picked * valid).sum()),
+        "count": int(valid.sum()),
+        "kl": float((kl * valid).sum()),
+        "agree": int(((teacher.top1 == logits.argmax(-1)) & valid).sum()),
+        "confidence": conf,
+        "correct": pred == targets[valid],
+    }
+
+
 def agreement_count(teacher_logits, student_logits, valid: torch.Tensor) -> int:
     """Number of valid positions where the student's top-1 equals the teacher's top-1."""
     same = teacher_logits.argmax(-1) == student_logits.argmax(-1)

@@ -205,8 +205,8 @@ def _measure(model, batches: list[torch.Tensor], skip_kl: bool) -> Importance:
     if getattr(inner, "norm", None) is not None:
         handles.append(inner.norm.register_forward_hook(norm_post))
     try:
-        for ids in batches:
-            model(input_ids=ids, use_cache=False)
+        for ids in batches:  # the head's logits are not needed: the last position's only
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
             n_tok += ids.numel()
     finally:
         for h in handles:

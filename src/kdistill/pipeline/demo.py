@@ -15,6 +15,9 @@ from kdistill.files import atomic_write_json
 from kdistill.log import say
 
 MODELS = ("teacher", "student", "baseline", "scratch")
+# seconds for the speed rounds (as a chain's evaluation): at least 3 interleaved rounds each
+# of forward and generation; their spread is reported beside the figures
+DEMO_SPEED_BUDGET_S = 10.0
 
 
 def demo_config_path() -> Path:
@@ -121,6 +124,7 @@ def _demo(out: Path, s_cfg, b_cfg, x_cfg, fresh: bool) -> Path:
             },
         ),
         window=data.block_size,
+        speed_budget_s=DEMO_SPEED_BUDGET_S,
     )
     timings["eval_seconds"] = time.perf_counter() - t2
     timings["total_seconds"] = time.perf_counter() - t0

@@ -52,7 +52,11 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
     cut_from, own_vocab = None, None
     if student_from is not None:
         cut_from = student_from.pop("model", None) or cfg.teacher.model
-    t_dtype = "float32" if cfg.teacher.dtype == "int8" else cfg.teacher.dtype
+    # a student cut from the teacher is cut from its fp32 weights; the teacher is cast after
+    cast_after = cfg.teacher.dtype != "float32" and (
+        cfg.teacher.dtype == "int8" or cut_from == cfg.teacher.model
+    )
+    t_dtype = "float32" if cast_after else cfg.teacher.dtype
     if need_teacher or cut_from == cfg.teacher.model:
         teacher, tok = load_causal_lm(cfg.teacher.model, t_dtype, frozen=True)
     if student_from is not None:
@@ -95,10 +99,12 @@ def load_models(cfg: RunConfig, *, need_teacher: bool, calibration=None):
         )
     if not need_teacher:
         teacher = None
-    elif cfg.teacher.dtype == "int8":  # after the student was cut from its fp32 weights
+    elif cast_after and cfg.teacher.dtype == "int8":
         from kdistill.models.quantize import quantize_teacher_int8
 
         quantize_teacher_int8(teacher)
+    elif cast_after:
+        teacher.to(getattr(torch, cfg.teacher.dtype))
     return teacher, student, tok, vocab, t_tok
 
 
