@@ -24,9 +24,19 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _TOP_PAD = 256 * 2**20  # grow the heap in 256 MiB steps
 
 
+_applied = False
+
+
+def applied() -> bool:
+    """Whether :func:`keep_freed_memory` applied the setting in this process (worker processes
+    a command starts apply it too)."""
+    return _applied
+
+
 def keep_freed_memory(environ=os.environ) -> bool:
     """Apply the setting for this process; True when applied. Not applied where the C library
     is not glibc, or where ``KDISTILL_CPU_ALLOCATOR`` is ``system``."""
+    global _applied
     choice = environ.get(ENV, "cached").strip().lower()
     if choice == "system":
         return False
@@ -38,4 +48,5 @@ def keep_freed_memory(environ=os.environ) -> bool:
     done = libc.mallopt(_M_MMAP_MAX, 0) == 1
     done &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     done &= libc.mallopt(_M_TOP_PAD, _TOP_PAD) == 1
-    return bool(done)
+    _applied = bool(done)
+    return _applied

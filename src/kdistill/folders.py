@@ -49,7 +49,7 @@ ENTRIES: dict[str, list[str]] = {
         "plots",
     ],
     # the demo's student/ and baseline/ are run folders of their own, cleaned by their runs
-    "demo": ["results.json", "report.html", "report.md", "plots"],
+    "demo": ["results.json", "report.html", "report.md", "plots", "logs"],
     "cache": ["manifest.json", "shard-*.safetensors"],
     # a sweep's cells/ holds one run folder (and cell.json) per cell, all written by it
     "sweep": ["sweep.json", "sweep.html", "sweep.md", "plots", "cells"],

@@ -284,6 +284,14 @@ def demo(
     ),
     max_steps: Annotated[int | None, typer.Option(min=1, help="training steps per model")] = None,
     fresh: FreshOpt = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="2: the student's run beside the other two, in two processes with half the "
+            "CPU threads each (the default on a CPU with 2+ threads; the same figures); "
+            "1: one run after another"
+        ),
+    ] = None,
     overrides: OverridesArg = None,
 ):
     """Distil the bundled SmolLM2-135M into a student pruned from it (16 layers, narrower MLP:
@@ -292,7 +300,7 @@ def demo(
     overrides apply to all three runs (e.g. seed=1)."""
     from kdistill.pipeline.demo import run_demo
 
-    run_demo(str(output_dir), max_steps, fresh=fresh, overrides=overrides or [])
+    run_demo(str(output_dir), max_steps, fresh=fresh, overrides=overrides or [], jobs=jobs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.rule import Rule
 
 from kdistill.config.loader import load_config
+from kdistill.errors import InputError
 from kdistill.files import atomic_write_json
 from kdistill.log import say
 
@@ -57,6 +58,7 @@ def run_demo(
     *,
     fresh: bool = False,
     overrides: list[str] | None = None,
+    jobs: int | None = None,
 ) -> Path:
     from kdistill.files import check_output_folder
     from kdistill.folders import claim_folder
@@ -66,11 +68,27 @@ def run_demo(
     configs = demo_configs(out, max_steps, overrides)
     for cfg in configs:
         check_lm_run(cfg)
+    if jobs is not None and jobs not in (1, 2):
+        raise InputError(f"--jobs {jobs}: give 1 (one run after another) or 2 (side by side)")
     with claim_folder(out, "demo", field="--output-dir", fresh=fresh):
-        return _demo(out, *configs, fresh)
+        return _demo(out, *configs, fresh, demo_jobs(jobs, configs))
 
 
-def _demo(out: Path, s_cfg, b_cfg, x_cfg, fresh: bool) -> Path:
+def demo_jobs(jobs: int | None, configs) -> int:
+    """2 (the student's run beside the baseline's and the from-scratch runs, in two processes
+    with half the CPU threads each) when asked, or by default on a CPU with 2 threads or more;
+    else 1. Every kernel the runs use gives the same bits at 1 thread as at 2 (checked by
+    tests/integration/test_demo_jobs.py), so the figures do not depend on it."""
+    import torch
+
+    if jobs is not None:
+        return jobs
+    accel = torch.cuda.is_available() or torch.backends.mps.is_available()
+    on_cpu = all(c.device == "cpu" or (c.device == "auto" and not accel) for c in configs)
+    return 2 if on_cpu and torch.get_num_threads() >= 2 else 1
+
+
+def _demo(out: Path, s_cfg, b_cfg, x_cfg, fresh: bool, jobs: int = 1) -> Path:
     import torch
 
     from kdistill.config import builders
@@ -88,7 +106,17 @@ def _demo(out: Path, s_cfg, b_cfg, x_cfg, fresh: bool) -> Path:
         ("baseline", b_cfg, "baseline", "2/4 training the same student without the teacher"),
         ("scratch", x_cfg, "scratch", "3/4 training the same shape from scratch (no teacher)"),
     )
-    for name, cfg, key, title in steps:
+    if jobs == 2:
+        from kdistill.pipeline.demo_jobs import train_side_by_side
+
+        say(Rule("[bold]1-3/4 the student (with the teacher) beside the baseline and scratch runs"))
+        seconds = train_side_by_side([(n, c) for n, c, _, _ in steps], out, fresh)
+        for name, cfg, key, _ in steps:
+            dirs[name] = Path(cfg.output_dir)
+            timings[f"{key}_seconds"] = seconds[name]
+        timings["side_by_side"] = True
+        timings["training_wall_seconds"] = time.perf_counter() - t0
+    for name, cfg, key, title in steps if jobs == 1 else ():
         t = time.perf_counter()
         say(Rule(f"[bold]{title}"))
         dirs[name] = run_distill_lm(cfg, fresh=fresh)
