@@ -80,3 +80,22 @@ def test_jobs_outside_1_and_2_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match="--jobs 3"):
         run_demo(str(tmp_path / "d"), 1, jobs=3)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_worker_left_alone_takes_every_thread_from_its_next_step():
+    import threading
+
+    from kdistill.pipeline.demo_jobs import _all_threads_when_alone
+
+    before = torch.get_num_threads()
+    alone = threading.Event()
+    callback = _all_threads_when_alone(alone, 2)
+    try:
+        torch.set_num_threads(1)
+        callback.on_step_begin(None, None, None)
+        assert torch.get_num_threads() == 1  # the other worker still runs
+        alone.set()
+        callback.on_step_begin(None, None, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

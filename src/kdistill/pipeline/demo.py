@@ -78,7 +78,7 @@ def demo_jobs(jobs: int | None, configs) -> int:
     """2 (the student's run beside the baseline's and the from-scratch runs, in two processes
     with half the CPU threads each) when asked, or by default on a CPU with 2 threads or more;
     else 1. Every kernel the runs use gives the same bits at 1 thread as at 2 (checked by
-    tests/integration/test_demo_jobs.py), so the figures do not depend on it."""
+    tests/real/test_threads_same_bits.py), so the figures do not depend on it."""
     import torch
 
     if jobs is not None:

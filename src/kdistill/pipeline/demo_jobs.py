@@ -2,9 +2,10 @@
 the teacher) in one, the baseline's and then the from-scratch run in the other, each with half
 the CPU threads. Two 1-thread runs side by side get more from 2 cores than one 2-thread run
 after another (benchmarks/README.md), and the figures are the same bits (every kernel the runs
-use gives the same result at 1 thread as at 2: tests/integration/test_demo_jobs.py).
+use gives the same result at 1 thread as at 2: tests/real/test_threads_same_bits.py).
 
-Each run is an ordinary run folder, resumable on its own; a worker's output goes to
+When one worker has finished, the other takes every thread from its next step on. Each run
+is an ordinary run folder, resumable on its own; a worker's output goes to
 ``<demo>/logs/<name>.log`` while the parent shows one progress bar per run (read from the
 runs' ``kd_log.jsonl``). SIGTERM or SIGUSR1 to the parent is passed on (each run saves a
 complete checkpoint and stops); a failed run stops the other worker the same way.
@@ -25,7 +26,21 @@ from kdistill.errors import InputError, KdistillError, Preempted
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def _worker(runs, fresh: bool, threads: int, logs: str, allocator: bool, results) -> None:
+def _all_threads_when_alone(alone, total: int):
+    """A callback: from the step after the other worker has finished, all ``total`` threads
+    (the same bits at any thread count, so only the speed changes)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class AllThreadsWhenAlone(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if alone.is_set() and torch.get_num_threads() != total:
+                torch.set_num_threads(total)
+
+    return AllThreadsWhenAlone()
+
+
+def _worker(runs, fresh, threads, total, logs, allocator, results, alone) -> None:
     """One worker: its runs one after another, output to ``logs/<name>.log``."""
     import torch
 
@@ -35,6 +50,7 @@ def _worker(runs, fresh: bool, threads: int, logs: str, allocator: bool, results
     if allocator:
         keep_freed_memory()
     torch.set_num_threads(threads)
+    more = (_all_threads_when_alone(alone, total),)
     for name, cfg in runs:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -44,7 +60,7 @@ def _worker(runs, fresh: bool, threads: int, logs: str, allocator: bool, results
         os.close(fd)
         t = time.perf_counter()
         try:
-            run_distill_lm(cfg, fresh=fresh)
+            run_distill_lm(cfg, fresh=fresh, callbacks=more)
         except Preempted as exc:
             print(f"kdistill: {exc}", file=sys.stderr, flush=True)
             sys.exit(128 + exc.signum)
@@ -92,12 +108,12 @@ def train_side_by_side(steps: list[tuple[str, object]], out: Path, fresh: bool) 
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, torch.get_num_threads())
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
+    results, alone = ctx.Queue(), ctx.Event()
     plan = [(steps[:1], threads // 2), (steps[1:], threads - threads // 2)]
     workers = [
         ctx.Process(
             target=_worker,
-            args=(runs, fresh, n, str(logs), applied(), results),
+            args=(runs, fresh, n, threads, str(logs), applied(), results, alone),
             name=f"kdistill-demo-{runs[0][0]}",
         )
         for runs, n in plan
@@ -126,6 +142,8 @@ def train_side_by_side(steps: list[tuple[str, object]], out: Path, fresh: bool) 
                 for n, c in steps:
                     bars.update(tasks[n], completed=_steps_done(Path(c.output_dir)))
                 for i, w in enumerate(workers):
+                    if w.exitcode == 0:
+                        alone.set()  # the other may use every thread now
                     if w.exitcode not in (None, 0) and failed is None and not got_signal:
                         failed = i  # the other saves a checkpoint and stops
                         for other in workers:

@@ -178,11 +178,13 @@ def run_distill_lm(
     fresh: bool = False,
     resume: bool = True,
     allow_teacher_change: bool = False,
+    callbacks: tuple = (),
 ) -> Path:
     """Train the student; returns the run folder (``model/`` holds the final student).
 
     Checks everything that needs no model first, then claims the folder; a finished run is
-    left untouched; ``config.yaml`` is written once models and data have loaded."""
+    left untouched; ``config.yaml`` is written once models and data have loaded.
+    ``callbacks``: more ``TrainerCallback`` objects for the run's trainer."""
     from kdistill.pipeline.preflight import check_lm_run
 
     _threads(cfg)
@@ -200,10 +202,10 @@ def run_distill_lm(
                     f"{last}: a sharded (FSDP) run keeps its weights but not its optimizer "
                     "state, so it does not resume yet; pass --fresh to start it again"
                 )
-        return _train_lm(cfg, run, resume)
+        return _train_lm(cfg, run, resume, callbacks)
 
 
-def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
+def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool, extra_callbacks=()) -> Path:
     from transformers import TrainingArguments, set_seed
 
     from kdistill.data.lm import CausalCollator, IndexedDataset, build_lm_datasets
@@ -275,7 +277,7 @@ def _train_lm(cfg: RunConfig, run: RunFolder, resume: bool) -> Path:
         if fsdp.teacher == "shard" and teacher is not None:
             shard_model(teacher, keep_ends=False, device_type=kind)
     preemption = PreemptionCallback()
-    callbacks = [CompleteMarker(), preemption]
+    callbacks = [CompleteMarker(), preemption, *extra_callbacks]
     if cfg.data.streaming:  # each checkpoint keeps the stream position it resumes from
         from kdistill.data.streaming import StreamPositionCallback
 
