@@ -6,8 +6,9 @@ the mean and the spread. Writes benchmarks/results/demo_seeds_cpu.json.
   .venv/bin/python benchmarks/demo_seeds.py [--seeds 0,1,2] [--out runs/demo_seeds]
 
 A seed whose `results.json` is already there is read, not run again (so a demo run with
-`kdistill demo --output-dir runs/demo_seeds/s1 seed=1` counts). About 15-16 minutes a seed on
-2 CPU cores (880-959 s measured at stop 30; 1,041-1,157 s at stop 29 on a busier machine).
+`kdistill demo --output-dir runs/demo_seeds/s1 seed=1` counts). About 14-16 minutes a seed on
+2 CPU cores (834 s for seed 0 with the runs side by side at stop 31; 880-959 s one after
+another at stop 30; 1,041-1,157 s at stop 29 on a busier machine).
 """
 
 from __future__ import annotations

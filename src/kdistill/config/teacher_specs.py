@@ -36,7 +36,7 @@ class TeacherSpec(ClassifierShape):
         description="weights dtype; int8: the teacher's linear layers held as weight-only int8 "
         "(torchao, the compress extra), its head and the soft-label math in fp32; a student "
         "cut from the teacher (student.from_teacher) is cut from its fp32 weights, and the "
-        "teacher is cast after (bfloat16: 1.75x its forward speed on a 2-core AMD EPYC with "
+        "teacher is cast after (bfloat16: 2.09x its forward speed on a 2-core AMD EPYC with "
         "avx512_bf16, benchmarks/README.md)",
     )
     ensemble: list[str] = Field(
