@@ -11,12 +11,20 @@ import math
 import torch
 
 
+def _nll_of(logp: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> float:
+    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return float(-(picked * valid).sum())
+
+
+def _kl_of(t_logp: torch.Tensor, t_p: torch.Tensor, s_logp: torch.Tensor, valid) -> float:
+    return float(((t_p * (t_logp - s_logp)).sum(-1) * valid).sum())
+
+
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100):
     """(sum of -log p(target), number of valid targets) at T = 1."""
     valid = targets != ignore_index
     lp = torch.log_softmax(logits.float(), dim=-1)
-    picked = lp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return float(-(picked * valid).sum()), int(valid.sum())
+    return _nll_of(lp, targets, valid), int(valid.sum())
 
 
 def kl_sum(
@@ -24,9 +32,7 @@ def kl_sum(
 ) -> float:
     """Sum over valid positions of KL(teacher || student) at T = 1."""
     t = torch.log_softmax(teacher_logits.float(), dim=-1)
-    s = torch.log_softmax(student_logits.float(), dim=-1)
-    per = (t.exp() * (t - s)).sum(-1)
-    return float((per * valid).sum())
+    return _kl_of(t, t.exp(), torch.log_softmax(student_logits.float(), dim=-1), valid)
 
 
 class TeacherSide:
@@ -46,13 +52,11 @@ def lm_sums(teacher: TeacherSide, logits: torch.Tensor, targets: torch.Tensor) -
     positions (for :func:`calibration_bins`)."""
     valid = targets != -100
     lp = torch.log_softmax(logits.float(), dim=-1)
-    picked = lp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    kl = (teacher.p * (teacher.logp - lp)).sum(-1)
     conf, pred = torch.softmax(logits[valid].float(), dim=-1).max(-1)
     return {
-        "nll": float(-(picked * valid).sum()),
+        "nll": _nll_of(lp, targets, valid),
         "count": int(valid.sum()),
-        "kl": float((kl * valid).sum()),
+        "kl": _kl_of(teacher.logp, teacher.p, lp, valid),
         "agree": int(((teacher.top1 == logits.argmax(-1)) & valid).sum()),
         "confidence": conf,
         "correct": pred == targets[valid],

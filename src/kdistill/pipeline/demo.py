@@ -64,12 +64,12 @@ def run_demo(
     from kdistill.folders import claim_folder
     from kdistill.pipeline.preflight import check_lm_run
 
+    if jobs is not None and jobs not in (1, 2):
+        raise InputError(f"--jobs {jobs}: give 1 (one run after another) or 2 (side by side)")
     out = check_output_folder(output_dir, "--output-dir")
     configs = demo_configs(out, max_steps, overrides)
     for cfg in configs:
         check_lm_run(cfg)
-    if jobs is not None and jobs not in (1, 2):
-        raise InputError(f"--jobs {jobs}: give 1 (one run after another) or 2 (side by side)")
     with claim_folder(out, "demo", field="--output-dir", fresh=fresh):
         return _demo(out, *configs, fresh, demo_jobs(jobs, configs))
 
@@ -116,11 +116,12 @@ def _demo(out: Path, s_cfg, b_cfg, x_cfg, fresh: bool, jobs: int = 1) -> Path:
             timings[f"{key}_seconds"] = seconds[name]
         timings["side_by_side"] = True
         timings["training_wall_seconds"] = time.perf_counter() - t0
-    for name, cfg, key, title in steps if jobs == 1 else ():
-        t = time.perf_counter()
-        say(Rule(f"[bold]{title}"))
-        dirs[name] = run_distill_lm(cfg, fresh=fresh)
-        timings[f"{key}_seconds"] = time.perf_counter() - t
+    else:
+        for name, cfg, key, title in steps:
+            t = time.perf_counter()
+            say(Rule(f"[bold]{title}"))
+            dirs[name] = run_distill_lm(cfg, fresh=fresh)
+            timings[f"{key}_seconds"] = time.perf_counter() - t
     t2 = time.perf_counter()
     say(Rule("[bold]4/4 evaluating all four on held-out text"))
     teacher, tok = load_causal_lm(s_cfg.teacher.model, frozen=True)

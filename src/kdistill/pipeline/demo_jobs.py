@@ -1,7 +1,8 @@
 """The demo's three training runs in two worker processes on a CPU: the student's run (with
 the teacher) in one, the baseline's and then the from-scratch run in the other, each with half
-the CPU threads. Two 1-thread runs side by side get more from 2 cores than one 2-thread run
-after another (benchmarks/README.md), and the figures are the same bits (every kernel the runs
+the CPU threads. Two 1-thread runs side by side got more from 2 cores than one 2-thread run
+after another in the 50-step demo, not in 6-step runs where each worker's start-up dominates
+(benchmarks/README.md, bench_demo_jobs.py), and the figures are the same bits (every kernel the runs
 use gives the same result at 1 thread as at 2: tests/real/test_threads_same_bits.py).
 
 When one worker has finished, the other takes every thread from its next step on. Each run
